@@ -1,0 +1,828 @@
+//! Configuration: one YAML file plus `OPENHQM_<SECTION>__<KEY>` environment
+//! overrides, with the original OpenHQM's key names so existing manifests keep
+//! working. `${VAR}` and `${VAR:-default}` are expanded in string values.
+//!
+//! Every error names the offending key, so a bad manifest stops the process
+//! before it binds a port with a message an operator can act on.
+
+use serde::{Deserialize, Serialize};
+use serde_yaml::{Mapping, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The environment prefix for overrides (`OPENHQM_QUEUE__TYPE=redis`).
+pub const ENV_PREFIX: &str = "OPENHQM_";
+/// Names the config file when `--config` is not given.
+pub const CONFIG_FILE_ENV: &str = "OPENHQM_CONFIG";
+
+/// A configuration error: which key, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "invalid configuration: {}", self.message)
+        } else {
+            write!(f, "invalid configuration: `{}`: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub queue: QueueConfig,
+    pub worker: WorkerConfig,
+    pub proxy: ProxyConfig,
+    pub cache: CacheConfig,
+    pub monitoring: MonitoringConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    /// Largest request body the bridge accepts (submit and capture).
+    pub max_body_bytes: usize,
+    /// Seconds a client is told to wait (`Retry-After`) on 202 and 503.
+    pub retry_after_seconds: u64,
+    /// Accepted for compatibility with the original's manifests; unused.
+    pub workers: Option<u32>,
+    /// Accepted for compatibility with the original's manifests; unused.
+    pub reload: Option<bool>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".into(),
+            port: 8000,
+            max_body_bytes: 10 * 1024 * 1024,
+            retry_after_seconds: 1,
+            workers: None,
+            reload: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueType {
+    Embedded,
+    Redis,
+    Kafka,
+    Sqs,
+    AzureEventhubs,
+    GcpPubsub,
+    Mqtt,
+    Custom,
+}
+
+impl QueueType {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            QueueType::Embedded => "embedded",
+            QueueType::Redis => "redis",
+            QueueType::Kafka => "kafka",
+            QueueType::Sqs => "sqs",
+            QueueType::AzureEventhubs => "azure_eventhubs",
+            QueueType::GcpPubsub => "gcp_pubsub",
+            QueueType::Mqtt => "mqtt",
+            QueueType::Custom => "custom",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    #[serde(rename = "type")]
+    pub kind: QueueType,
+    /// Where the embedded queue and result store keep their files.
+    pub data_dir: PathBuf,
+    pub request_queue_name: String,
+    pub response_queue_name: String,
+    pub dlq_name: String,
+    /// Largest message body a backend accepts; larger ones are refused.
+    pub max_message_bytes: usize,
+    pub redis_url: String,
+    // The original's keys for the other backends, accepted so manifests parse;
+    // each backend reads its own when it is built in.
+    pub kafka_bootstrap_servers: Option<String>,
+    pub kafka_consumer_group: Option<String>,
+    pub kafka_topics: Option<Vec<String>>,
+    pub sqs_region: Option<String>,
+    pub sqs_queue_url: Option<String>,
+    pub azure_eventhubs_connection_string: Option<String>,
+    pub azure_eventhubs_name: Option<String>,
+    pub azure_eventhubs_consumer_group: Option<String>,
+    pub azure_eventhubs_checkpoint_store: Option<String>,
+    pub gcp_project_id: Option<String>,
+    pub gcp_credentials_path: Option<String>,
+    pub gcp_max_messages: Option<u32>,
+    pub mqtt_broker_host: Option<String>,
+    pub mqtt_broker_port: Option<u16>,
+    pub mqtt_username: Option<String>,
+    pub mqtt_password: Option<String>,
+    pub mqtt_qos: Option<u8>,
+    pub mqtt_client_id: Option<String>,
+    pub custom_module: Option<String>,
+    pub custom_class: Option<String>,
+    pub custom_config: Option<Value>,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            kind: QueueType::Embedded,
+            data_dir: PathBuf::from("data"),
+            request_queue_name: "openhqm-requests".into(),
+            response_queue_name: "openhqm-responses".into(),
+            dlq_name: "openhqm-dlq".into(),
+            max_message_bytes: 16 * 1024 * 1024,
+            redis_url: "redis://localhost:6379".into(),
+            kafka_bootstrap_servers: None,
+            kafka_consumer_group: None,
+            kafka_topics: None,
+            sqs_region: None,
+            sqs_queue_url: None,
+            azure_eventhubs_connection_string: None,
+            azure_eventhubs_name: None,
+            azure_eventhubs_consumer_group: None,
+            azure_eventhubs_checkpoint_store: None,
+            gcp_project_id: None,
+            gcp_credentials_path: None,
+            gcp_max_messages: None,
+            mqtt_broker_host: None,
+            mqtt_broker_port: None,
+            mqtt_username: None,
+            mqtt_password: None,
+            mqtt_qos: None,
+            mqtt_client_id: None,
+            custom_module: None,
+            custom_class: None,
+            custom_config: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Accepted for compatibility (the original ran N workers per process);
+    /// here scale with processes (KEDA) and `concurrency`.
+    pub count: Option<u32>,
+    /// Messages fetched from the queue per receive call.
+    pub batch_size: usize,
+    /// Messages processed at once by one worker process.
+    pub concurrency: usize,
+    /// Default timeout of one backend call, seconds.
+    pub timeout_seconds: u64,
+    /// Retries after the first attempt; then the message is dead-lettered.
+    pub max_retries: u32,
+    /// Backoff base and cap, seconds (exponential with full jitter).
+    pub retry_delay_base: f64,
+    pub retry_delay_max: f64,
+    /// Backend statuses that are retried: numbers or classes like "5xx".
+    pub retry_on_status: Vec<String>,
+    /// Exceptions to `retry_on_status`.
+    pub no_retry_on_status: Vec<String>,
+    /// How long a received message is reserved for this worker before it is
+    /// redelivered to another one; extended while the work goes on.
+    pub lease_seconds: u64,
+    /// On SIGTERM, how long in-flight work may take before it is handed back.
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            count: None,
+            batch_size: 10,
+            concurrency: 10,
+            timeout_seconds: 300,
+            max_retries: 3,
+            retry_delay_base: 1.0,
+            retry_delay_max: 60.0,
+            retry_on_status: vec!["408".into(), "429".into(), "5xx".into()],
+            no_retry_on_status: vec!["501".into()],
+            lease_seconds: 30,
+            shutdown_grace_seconds: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthType {
+    Bearer,
+    Basic,
+    ApiKey,
+    Custom,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    pub url: String,
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Seconds; falls back to `worker.timeout_seconds`.
+    #[serde(default)]
+    pub timeout: Option<u64>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub auth_type: Option<AuthType>,
+    #[serde(default)]
+    pub auth_token: Option<String>,
+    #[serde(default)]
+    pub auth_username: Option<String>,
+    #[serde(default)]
+    pub auth_password: Option<String>,
+    #[serde(default)]
+    pub auth_header_name: Option<String>,
+}
+
+fn default_method() -> String {
+    "POST".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    pub enabled: bool,
+    /// A name from `endpoints`, or a URL.
+    pub default_endpoint: Option<String>,
+    pub endpoints: BTreeMap<String, EndpointConfig>,
+    /// For `POST /api/v1/submit` messages: the client headers passed on ("*" = all).
+    pub forward_headers: Vec<String>,
+    /// Never passed on to the backend.
+    pub strip_headers: Vec<String>,
+    pub max_response_size: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            default_endpoint: None,
+            endpoints: BTreeMap::new(),
+            forward_headers: vec!["Content-Type".into(), "Accept".into(), "User-Agent".into()],
+            strip_headers: vec!["Host".into(), "Connection".into()],
+            max_response_size: 10 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheType {
+    Embedded,
+    /// The original's in-process cache; here an alias of `embedded`, because
+    /// bridge and worker are separate processes that must share results.
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    #[serde(rename = "type")]
+    pub kind: CacheType,
+    pub redis_url: String,
+    /// How long a request's status and result are kept.
+    pub ttl_seconds: u64,
+    pub max_connections: u32,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            kind: CacheType::Embedded,
+            redis_url: "redis://localhost:6379".into(),
+            ttl_seconds: 3600,
+            max_connections: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitoringConfig {
+    pub metrics_enabled: bool,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        Self {
+            metrics_enabled: true,
+            log_level: "INFO".into(),
+            log_format: LogFormat::Json,
+        }
+    }
+}
+
+impl Config {
+    /// Load from an optional file plus the process environment, then validate.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let file_text = match path {
+            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
+                ConfigError::new("", format!("cannot read config file {}: {e}", p.display()))
+            })?),
+            None => None,
+        };
+        Self::from_sources(file_text.as_deref(), &env)
+    }
+
+    /// Load from YAML text (if any) and `(name, value)` environment pairs.
+    pub fn from_sources(yaml: Option<&str>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let mut tree = match yaml {
+            Some(text) if !text.trim().is_empty() => serde_yaml::from_str::<Value>(text)
+                .map_err(|e| ConfigError::new("", format!("config file is not valid YAML: {e}")))?,
+            _ => Value::Mapping(Mapping::new()),
+        };
+        if !tree.is_mapping() {
+            return Err(ConfigError::new("", "config file must be a YAML mapping of sections"));
+        }
+        let lookup = |name: &str| {
+            env.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        expand_vars(&mut tree, "", &lookup)?;
+        let mut env_keys = BTreeSet::new();
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+            if !rest.contains("__") {
+                continue; // e.g. OPENHQM_CONFIG: not an override
+            }
+            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            if path.iter().any(|s| s.is_empty()) {
+                return Err(ConfigError::new(name.clone(), "empty section or key in variable name"));
+            }
+            let mut value = typed_env_value(raw);
+            expand_vars(&mut value, &path.join("."), &lookup)?;
+            set_path(&mut tree, &path, value).map_err(|m| ConfigError::new(name.clone(), m))?;
+            env_keys.insert(path);
+        }
+        let config = deserialize_lenient(tree, env, &env_keys)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that serde cannot express: cross-field rules and value ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let q = &self.queue;
+        for (key, name) in [
+            ("queue.request_queue_name", &q.request_queue_name),
+            ("queue.response_queue_name", &q.response_queue_name),
+            ("queue.dlq_name", &q.dlq_name),
+        ] {
+            if name.trim().is_empty() {
+                return Err(ConfigError::new(key, "must not be empty"));
+            }
+        }
+        if q.dlq_name == q.request_queue_name {
+            return Err(ConfigError::new("queue.dlq_name", "must differ from queue.request_queue_name"));
+        }
+        if q.kind == QueueType::Embedded && q.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::new("queue.data_dir", "must name a directory for the embedded queue"));
+        }
+        if q.max_message_bytes == 0 {
+            return Err(ConfigError::new("queue.max_message_bytes", "must be greater than 0"));
+        }
+        if self.server.max_body_bytes == 0 {
+            return Err(ConfigError::new("server.max_body_bytes", "must be greater than 0"));
+        }
+        let w = &self.worker;
+        if w.batch_size == 0 {
+            return Err(ConfigError::new("worker.batch_size", "must be at least 1"));
+        }
+        if w.concurrency == 0 {
+            return Err(ConfigError::new("worker.concurrency", "must be at least 1"));
+        }
+        if w.timeout_seconds == 0 {
+            return Err(ConfigError::new("worker.timeout_seconds", "must be at least 1"));
+        }
+        if w.lease_seconds == 0 {
+            return Err(ConfigError::new("worker.lease_seconds", "must be at least 1"));
+        }
+        if !(w.retry_delay_base.is_finite() && w.retry_delay_base >= 0.0) {
+            return Err(ConfigError::new("worker.retry_delay_base", "must be a number of seconds >= 0"));
+        }
+        if !(w.retry_delay_max.is_finite() && w.retry_delay_max >= w.retry_delay_base) {
+            return Err(ConfigError::new(
+                "worker.retry_delay_max",
+                "must be a number of seconds >= worker.retry_delay_base",
+            ));
+        }
+        crate::retry::StatusSet::parse(&w.retry_on_status)
+            .map_err(|m| ConfigError::new("worker.retry_on_status", m))?;
+        crate::retry::StatusSet::parse(&w.no_retry_on_status)
+            .map_err(|m| ConfigError::new("worker.no_retry_on_status", m))?;
+        if self.cache.ttl_seconds == 0 {
+            return Err(ConfigError::new("cache.ttl_seconds", "must be at least 1"));
+        }
+        for (name, ep) in &self.proxy.endpoints {
+            let key = format!("proxy.endpoints.{name}");
+            check_url(&ep.url).map_err(|m| ConfigError::new(format!("{key}.url"), m))?;
+            check_method(&ep.method).map_err(|m| ConfigError::new(format!("{key}.method"), m))?;
+            if ep.timeout == Some(0) {
+                return Err(ConfigError::new(format!("{key}.timeout"), "must be at least 1 second"));
+            }
+            check_auth(ep).map_err(|m| ConfigError::new(format!("{key}.auth_type"), m))?;
+        }
+        if self.proxy.enabled {
+            match &self.proxy.default_endpoint {
+                None => {
+                    return Err(ConfigError::new(
+                        "proxy.default_endpoint",
+                        "proxy mode is enabled: name an endpoint from proxy.endpoints (or give a URL)",
+                    ))
+                }
+                Some(d) if !self.proxy.endpoints.contains_key(d) => {
+                    check_url(d).map_err(|m| {
+                        ConfigError::new(
+                            "proxy.default_endpoint",
+                            format!("`{d}` is neither a name in proxy.endpoints nor a valid URL ({m})"),
+                        )
+                    })?;
+                }
+                Some(_) => {}
+            }
+        }
+        let level = self.monitoring.log_level.to_ascii_lowercase();
+        if !["trace", "debug", "info", "warn", "warning", "error", "critical"].contains(&level.as_str()) {
+            return Err(ConfigError::new(
+                "monitoring.log_level",
+                "must be one of TRACE, DEBUG, INFO, WARN, ERROR",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The endpoint a message is sent to: a named one, or the default.
+    pub fn resolve_endpoint(&self, name: Option<&str>) -> Option<EndpointConfig> {
+        let name = name.or(self.proxy.default_endpoint.as_deref())?;
+        if let Some(ep) = self.proxy.endpoints.get(name) {
+            return Some(ep.clone());
+        }
+        // Only the configured default may be a bare URL: a message never picks
+        // an arbitrary URL.
+        if Some(name) == self.proxy.default_endpoint.as_deref() && check_url(name).is_ok() {
+            return Some(EndpointConfig {
+                url: name.to_string(),
+                method: default_method(),
+                timeout: None,
+                headers: BTreeMap::new(),
+                auth_type: None,
+                auth_token: None,
+                auth_username: None,
+                auth_password: None,
+                auth_header_name: None,
+            });
+        }
+        None
+    }
+}
+
+fn check_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| "must start with http:// or https://".to_string())?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err("has no host".into());
+    }
+    Ok(())
+}
+
+fn check_method(method: &str) -> Result<(), String> {
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return Err(format!("`{method}` is not an HTTP method"));
+    }
+    Ok(())
+}
+
+fn check_auth(ep: &EndpointConfig) -> Result<(), String> {
+    match ep.auth_type {
+        None => Ok(()),
+        Some(AuthType::Bearer) | Some(AuthType::ApiKey) if ep.auth_token.is_none() => {
+            Err("needs auth_token".into())
+        }
+        Some(AuthType::Basic) if ep.auth_username.is_none() || ep.auth_password.is_none() => {
+            Err("basic auth needs auth_username and auth_password".into())
+        }
+        Some(AuthType::Custom) if ep.auth_token.is_none() || ep.auth_header_name.is_none() => {
+            Err("custom auth needs auth_token and auth_header_name".into())
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// An environment value, typed the way a person writing it means it: JSON
+/// objects/arrays (`OPENHQM_PROXY__ENDPOINTS`), booleans, numbers, else text.
+fn typed_env_value(raw: &str) -> Value {
+    let t = raw.trim();
+    if t.starts_with('{') || t.starts_with('[') {
+        if let Ok(v) = serde_yaml::from_str::<Value>(t) {
+            return v;
+        }
+    }
+    match t.to_ascii_lowercase().as_str() {
+        "true" => return Value::Bool(true),
+        "false" => return Value::Bool(false),
+        _ => {}
+    }
+    if let Ok(i) = t.parse::<i64>() {
+        return Value::Number(i.into());
+    }
+    if let Ok(f) = t.parse::<f64>() {
+        if f.is_finite() {
+            return Value::Number(f.into());
+        }
+    }
+    Value::String(raw.to_string())
+}
+
+fn set_path(tree: &mut Value, path: &[String], value: Value) -> Result<(), String> {
+    let Some((first, rest)) = path.split_first() else {
+        return Err("empty key".into());
+    };
+    let Value::Mapping(map) = tree else {
+        return Err("cannot set a key inside a value that is not a mapping".into());
+    };
+    let key = Value::String(first.clone());
+    if rest.is_empty() {
+        map.insert(key, value);
+        return Ok(());
+    }
+    let child = map
+        .entry(key)
+        .or_insert_with(|| Value::Mapping(Mapping::new()));
+    if !child.is_mapping() {
+        *child = Value::Mapping(Mapping::new());
+    }
+    set_path(child, rest, value)
+}
+
+fn get_path_mut<'a>(tree: &'a mut Value, path: &[String]) -> Option<&'a mut Value> {
+    let mut cur = tree;
+    for seg in path {
+        cur = cur.as_mapping_mut()?.get_mut(Value::String(seg.clone()))?;
+    }
+    Some(cur)
+}
+
+/// Deserialize into [`Config`]. A value set from the environment that was
+/// typed as a number or boolean but lands in a text field (a numeric password,
+/// say) is retried as the text the operator wrote.
+fn deserialize_lenient(
+    mut tree: Value,
+    env: &[(String, String)],
+    env_keys: &BTreeSet<Vec<String>>,
+) -> Result<Config, ConfigError> {
+    for _ in 0..=env_keys.len() {
+        let attempt: Result<Config, _> = serde_path_to_error::deserialize(tree.clone());
+        match attempt {
+            Ok(c) => return Ok(c),
+            Err(err) => {
+                let path = err.path().to_string();
+                let segs: Vec<String> = path.split('.').map(str::to_string).collect();
+                let is_env_scalar = env_keys.contains(&segs)
+                    && get_path_mut(&mut tree, &segs)
+                        .map(|v| matches!(v, Value::Number(_) | Value::Bool(_)))
+                        .unwrap_or(false);
+                if is_env_scalar {
+                    let var = format!("{ENV_PREFIX}{}", segs.join("__").to_ascii_uppercase());
+                    let raw = env
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(&var))
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default();
+                    if let Some(slot) = get_path_mut(&mut tree, &segs) {
+                        *slot = Value::String(raw);
+                        continue;
+                    }
+                }
+                return Err(ConfigError::new(
+                    if path == "." { String::new() } else { path },
+                    err.inner().to_string(),
+                ));
+            }
+        }
+    }
+    Err(ConfigError::new("", "could not interpret the configuration"))
+}
+
+/// Expand `${VAR}` / `${VAR:-default}` in every string below `tree`.
+fn expand_vars(
+    tree: &mut Value,
+    key: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    match tree {
+        Value::String(s) if s.contains("${") => {
+            *s = expand_str(s, lookup).map_err(|m| ConfigError::new(key, m))?;
+        }
+        Value::Mapping(map) => {
+            for (k, v) in map.iter_mut() {
+                let name = match k {
+                    Value::String(s) => s.clone(),
+                    other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
+                };
+                let child = if key.is_empty() { name } else { format!("{key}.{name}") };
+                expand_vars(v, &child, lookup)?;
+            }
+        }
+        Value::Sequence(items) => {
+            for (i, v) in items.iter_mut().enumerate() {
+                expand_vars(v, &format!("{key}.{i}"), lookup)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand_str(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unterminated `${{` in `{s}`"))?;
+        let expr = &after[..end];
+        let (name, default) = match expr.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (expr, None),
+        };
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!("`${{{expr}}}` is not a valid variable reference"));
+        }
+        match (lookup(name), default) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => {
+                return Err(format!(
+                    "refers to ${{{name}}}, which is not set (set it, or write ${{{name}:-default}})"
+                ))
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_the_originals_names() {
+        let c = Config::from_sources(None, &[]).unwrap();
+        assert_eq!(c.queue.kind, QueueType::Embedded);
+        assert_eq!(c.queue.request_queue_name, "openhqm-requests");
+        assert_eq!(c.queue.response_queue_name, "openhqm-responses");
+        assert_eq!(c.queue.dlq_name, "openhqm-dlq");
+        assert_eq!(c.worker.max_retries, 3);
+        assert_eq!(c.cache.ttl_seconds, 3600);
+    }
+
+    #[test]
+    fn file_then_env_overrides() {
+        let yaml = "server:\n  port: 9000\nqueue:\n  data_dir: /tmp/x\n";
+        let c = Config::from_sources(
+            Some(yaml),
+            &env(&[
+                ("OPENHQM_SERVER__PORT", "9100"),
+                ("OPENHQM_WORKER__BATCH_SIZE", "4"),
+                ("OPENHQM_MONITORING__LOG_LEVEL", "debug"),
+                ("OPENHQM_CONFIG", "/ignored.yaml"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.port, 9100);
+        assert_eq!(c.worker.batch_size, 4);
+        assert_eq!(c.queue.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.monitoring.log_level, "debug");
+    }
+
+    #[test]
+    fn endpoints_as_json_in_env() {
+        let c = Config::from_sources(
+            None,
+            &env(&[
+                ("OPENHQM_PROXY__ENABLED", "true"),
+                ("OPENHQM_PROXY__DEFAULT_ENDPOINT", "app"),
+                (
+                    "OPENHQM_PROXY__ENDPOINTS",
+                    r#"{"app": {"url": "http://127.0.0.1:8080", "timeout": 5}}"#,
+                ),
+            ]),
+        )
+        .unwrap();
+        assert!(c.proxy.enabled);
+        let ep = c.resolve_endpoint(None).unwrap();
+        assert_eq!(ep.url, "http://127.0.0.1:8080");
+        assert_eq!(ep.timeout, Some(5));
+        assert!(c.resolve_endpoint(Some("nope")).is_none());
+    }
+
+    #[test]
+    fn numeric_text_from_env_stays_text() {
+        let c = Config::from_sources(None, &env(&[("OPENHQM_QUEUE__REDIS_URL", "12345")])).unwrap();
+        assert_eq!(c.queue.redis_url, "12345");
+    }
+
+    #[test]
+    fn var_expansion() {
+        let yaml = "proxy:\n  endpoints:\n    app:\n      url: http://${HOST:-localhost}:8080\n      auth_type: bearer\n      auth_token: ${TOKEN}\n";
+        let c = Config::from_sources(Some(yaml), &env(&[("TOKEN", "s3cret")])).unwrap();
+        let ep = &c.proxy.endpoints["app"];
+        assert_eq!(ep.url, "http://localhost:8080");
+        assert_eq!(ep.auth_token.as_deref(), Some("s3cret"));
+        let err = Config::from_sources(Some(yaml), &[]).unwrap_err();
+        assert_eq!(err.key, "proxy.endpoints.app.auth_token");
+        assert!(err.message.contains("TOKEN"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = Config::from_sources(Some("queue:\n  typo: 1\n"), &[]).unwrap_err();
+        assert_eq!(err.key, "queue.typo");
+        assert!(err.message.contains("typo"), "{err}");
+
+        let err = Config::from_sources(None, &env(&[("OPENHQM_SERVER__PORT", "eighty")])).unwrap_err();
+        assert_eq!(err.key, "server.port");
+
+        let err = Config::from_sources(None, &env(&[("OPENHQM_QUEUE__TYPE", "rabbit")])).unwrap_err();
+        assert_eq!(err.key, "queue.type");
+
+        let err = Config::from_sources(None, &env(&[("OPENHQM_WORKER__BATCH_SIZE", "0")])).unwrap_err();
+        assert_eq!(err.key, "worker.batch_size");
+
+        let err = Config::from_sources(None, &env(&[("OPENHQM_PROXY__ENABLED", "true")])).unwrap_err();
+        assert_eq!(err.key, "proxy.default_endpoint");
+
+        let err = Config::from_sources(
+            Some("proxy:\n  endpoints:\n    a:\n      url: ftp://x\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "proxy.endpoints.a.url");
+
+        let err = Config::from_sources(
+            None,
+            &env(&[("OPENHQM_WORKER__RETRY_ON_STATUS", r#"["5xx", "abc"]"#)]),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "worker.retry_on_status");
+
+        let err = Config::from_sources(Some("- a\n- b\n"), &[]).unwrap_err();
+        assert!(err.message.contains("mapping"), "{err}");
+    }
+
+    #[test]
+    fn display_names_key_and_fix() {
+        let e = ConfigError::new("queue.type", "unknown variant");
+        assert_eq!(e.to_string(), "invalid configuration: `queue.type`: unknown variant");
+    }
+}

@@ -1,0 +1,100 @@
+//! OpenHQM's shared library: configuration, the message envelope, the queue
+//! and result-store contracts with their backends, and the retry policy.
+
+pub mod config;
+pub mod envelope;
+pub mod model;
+pub mod queue;
+pub mod retry;
+pub mod store;
+pub mod telemetry;
+pub mod time;
+
+#[cfg(feature = "embedded")]
+mod sqlite;
+
+use config::{CacheType, Config, ConfigError, QueueType};
+use queue::QueueBackend;
+use std::sync::Arc;
+use store::ResultStore;
+
+/// Build the queue backend named by `queue.type`.
+///
+/// A custom backend is one type implementing [`QueueBackend`]; build it in
+/// your own binary and pass it where this function's result would go
+/// (docs/backends.md shows how).
+pub fn open_queue_backend(config: &Config) -> Result<Arc<dyn QueueBackend>, ConfigError> {
+    match config.queue.kind {
+        #[cfg(feature = "embedded")]
+        QueueType::Embedded => queue::embedded::EmbeddedBackend::open(&config.queue.data_dir, config.queue.max_message_bytes)
+            .map(|b| Arc::new(b) as Arc<dyn QueueBackend>)
+            .map_err(|e| ConfigError::new("queue.data_dir", e.to_string())),
+        other => Err(ConfigError::new(
+            "queue.type",
+            format!(
+                "`{}` is not available in this build (built in: {})",
+                other.as_str(),
+                built_in_queue_types().join(", ")
+            ),
+        )),
+    }
+}
+
+/// Build the result store named by `cache.type`.
+pub fn open_result_store(config: &Config) -> Result<Arc<dyn ResultStore>, ConfigError> {
+    match config.cache.kind {
+        #[cfg(feature = "embedded")]
+        CacheType::Embedded | CacheType::Memory => store::embedded::EmbeddedStore::open(&config.queue.data_dir)
+            .map(|s| Arc::new(s) as Arc<dyn ResultStore>)
+            .map_err(|e| ConfigError::new("queue.data_dir", e.to_string())),
+        #[allow(unreachable_patterns)]
+        _ => Err(ConfigError::new(
+            "cache.type",
+            "this result store is not available in this build (built in: embedded)",
+        )),
+    }
+}
+
+pub fn built_in_queue_types() -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if cfg!(feature = "embedded") {
+        v.push("embedded");
+    }
+    v
+}
+
+/// Read `--config PATH` (or `OPENHQM_CONFIG`) and the environment; on error
+/// print what is wrong and exit 2 before anything binds a port.
+pub fn load_config_or_exit(program: &str) -> Config {
+    let mut args = std::env::args().skip(1);
+    let mut path = std::env::var_os(config::CONFIG_FILE_ENV).map(std::path::PathBuf::from);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--config" | "-c" => match args.next() {
+                Some(p) => path = Some(p.into()),
+                None => exit_usage(program, "--config needs a file path"),
+            },
+            "--help" | "-h" => {
+                println!("usage: {program} [--config FILE]\n\nConfiguration: FILE (or $OPENHQM_CONFIG) plus OPENHQM_<SECTION>__<KEY> environment overrides; see README.md.");
+                std::process::exit(0);
+            }
+            "--version" | "-V" => {
+                println!("{program} {}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(0);
+            }
+            other => exit_usage(program, &format!("unknown argument `{other}`")),
+        }
+    }
+    match Config::load(path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn exit_usage(program: &str, msg: &str) -> ! {
+    eprintln!("{program}: {msg}\nusage: {program} [--config FILE]");
+    std::process::exit(2);
+}

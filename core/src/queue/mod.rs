@@ -1,0 +1,150 @@
+//! The queue contract every backend implements, and the backend registry.
+//!
+//! The contract is SQS-shaped (receive with a lease, ack, nack with a delay,
+//! extend the lease) because that shape maps onto every broker we target; see
+//! docs/backends.md for how each one implements it.
+
+#[cfg(feature = "embedded")]
+pub mod embedded;
+
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A message as published and as delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Message {
+    /// Producer-chosen ID (the correlation ID for OpenHQM envelopes).
+    pub id: String,
+    /// Opaque bytes; backends must keep them exact.
+    pub body: Vec<u8>,
+    /// Small string attributes (broker headers, DLQ error, ...).
+    pub attributes: BTreeMap<String, String>,
+    /// Partition / ordering key, where the backend has one.
+    pub key: Option<String>,
+}
+
+/// A backend's handle for one delivery; ack, nack and lease extension use it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Receipt(pub String);
+
+/// A received message, reserved for the receiver until its lease ends.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: Message,
+    /// 1 on first delivery; counts redeliveries after nacks and crashes.
+    pub attempt: u32,
+    pub receipt: Receipt,
+}
+
+/// Work in a queue: waiting to be received, and received but not yet acked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Depth {
+    pub ready: u64,
+    pub in_flight: u64,
+}
+
+impl Depth {
+    pub fn total(&self) -> u64 {
+        self.ready + self.in_flight
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueError {
+    /// The broker cannot be reached or refused the operation; retry later.
+    Unavailable(String),
+    /// The body is larger than the backend accepts.
+    TooLarge { size: usize, max: usize },
+    /// The lease ended and the message may be with another consumer now.
+    LeaseLost,
+    /// The backend cannot do this (see its capabilities).
+    Unsupported(&'static str),
+    /// A configuration or usage error.
+    Invalid(String),
+}
+
+impl fmt::Display for QueueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QueueError::Unavailable(m) => write!(f, "queue unavailable: {m}"),
+            QueueError::TooLarge { size, max } => {
+                write!(f, "message of {size} bytes exceeds the maximum of {max} bytes")
+            }
+            QueueError::LeaseLost => write!(f, "lease lost: the message was redelivered"),
+            QueueError::Unsupported(what) => write!(f, "not supported by this backend: {what}"),
+            QueueError::Invalid(m) => write!(f, "invalid queue operation: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for QueueError {}
+
+/// One named queue of a backend.
+#[async_trait]
+pub trait Queue: Send + Sync {
+    fn name(&self) -> &str;
+
+    /// Durable when it returns `Ok`: the message survives a crash of this
+    /// process and of the broker (as far as the broker's own durability goes).
+    async fn publish(&self, message: Message) -> Result<(), QueueError>;
+
+    /// Up to `max` messages, waiting up to `wait` for the first one. Each is
+    /// leased for `lease`: unless acked, nacked or extended by then, it is
+    /// delivered again (to any consumer).
+    async fn receive(&self, max: usize, wait: Duration, lease: Duration)
+        -> Result<Vec<Delivery>, QueueError>;
+
+    /// Done: never delivered again. `LeaseLost` if the lease had ended.
+    async fn ack(&self, receipt: &Receipt) -> Result<(), QueueError>;
+
+    /// Not done: deliver again, no earlier than `delay` from now.
+    async fn nack(&self, receipt: &Receipt, delay: Duration) -> Result<(), QueueError>;
+
+    /// Still working: the lease now ends `lease` from now.
+    async fn extend_lease(&self, receipt: &Receipt, lease: Duration) -> Result<(), QueueError>;
+
+    async fn depth(&self) -> Result<Depth, QueueError>;
+
+    /// Release connections; pending operations finish first.
+    async fn close(&self) -> Result<(), QueueError>;
+}
+
+/// A queue backend: opens named queues on one broker.
+#[async_trait]
+pub trait QueueBackend: Send + Sync {
+    /// The `queue.type` this backend answers to.
+    fn kind(&self) -> &str;
+    async fn open(&self, name: &str) -> Result<Arc<dyn Queue>, QueueError>;
+}
+
+/// Attributes set on a dead-lettered message.
+pub mod dlq_attr {
+    pub const ERROR: &str = "openhqm-error";
+    pub const ATTEMPTS: &str = "openhqm-attempts";
+    pub const FAILED_AT: &str = "openhqm-failed-at";
+    pub const SOURCE_QUEUE: &str = "openhqm-source-queue";
+}
+
+/// Move a delivery to the dead-letter queue with the error that ended it.
+/// Published to the DLQ first, then acked: a crash in between leaves a
+/// duplicate, never a loss.
+pub async fn dead_letter(
+    source: &dyn Queue,
+    dlq: &dyn Queue,
+    delivery: &Delivery,
+    error: &str,
+) -> Result<(), QueueError> {
+    let mut msg = delivery.message.clone();
+    msg.attributes.insert(dlq_attr::ERROR.into(), error.to_string());
+    msg.attributes
+        .insert(dlq_attr::ATTEMPTS.into(), delivery.attempt.to_string());
+    msg.attributes
+        .insert(dlq_attr::FAILED_AT.into(), crate::time::now_rfc3339());
+    msg.attributes
+        .insert(dlq_attr::SOURCE_QUEUE.into(), source.name().to_string());
+    dlq.publish(msg).await?;
+    source.ack(&delivery.receipt).await
+}

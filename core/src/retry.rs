@@ -1,0 +1,173 @@
+//! Retry policy: which outcomes retry, and how long to wait before the next
+//! attempt (exponential backoff with full jitter, capped, honouring the
+//! backend's `Retry-After` up to the same cap).
+
+use crate::config::WorkerConfig;
+use std::time::Duration;
+
+/// A set of HTTP statuses written as numbers ("429"), classes ("5xx") or
+/// ranges ("500-504").
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StatusSet {
+    ranges: Vec<(u16, u16)>,
+}
+
+impl StatusSet {
+    pub fn parse(items: &[String]) -> Result<StatusSet, String> {
+        let mut ranges = Vec::with_capacity(items.len());
+        for item in items {
+            let s = item.trim().to_ascii_lowercase();
+            let range = if let Some(class) = s.strip_suffix("xx") {
+                match class.parse::<u16>() {
+                    Ok(c @ 1..=5) => (c * 100, c * 100 + 99),
+                    _ => return Err(format!("`{item}` is not a status class like 5xx")),
+                }
+            } else if let Some((a, b)) = s.split_once('-') {
+                let a = parse_status(a, item)?;
+                let b = parse_status(b, item)?;
+                if a > b {
+                    return Err(format!("`{item}`: range is backwards"));
+                }
+                (a, b)
+            } else {
+                let n = parse_status(&s, item)?;
+                (n, n)
+            };
+            ranges.push(range);
+        }
+        Ok(StatusSet { ranges })
+    }
+
+    pub fn contains(&self, status: u16) -> bool {
+        self.ranges.iter().any(|&(a, b)| (a..=b).contains(&status))
+    }
+}
+
+fn parse_status(s: &str, item: &str) -> Result<u16, String> {
+    match s.trim().parse::<u16>() {
+        Ok(n @ 100..=599) => Ok(n),
+        _ => Err(format!("`{item}` is not an HTTP status (100-599), class (5xx) or range (500-504)")),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Total attempts, the first one included (`max_retries + 1`).
+    pub max_attempts: u32,
+    pub base: Duration,
+    pub cap: Duration,
+    retry_on: StatusSet,
+    never_retry: StatusSet,
+}
+
+impl RetryPolicy {
+    pub fn from_config(w: &WorkerConfig) -> Result<RetryPolicy, String> {
+        Ok(RetryPolicy {
+            max_attempts: w.max_retries.saturating_add(1),
+            base: Duration::from_secs_f64(w.retry_delay_base),
+            cap: Duration::from_secs_f64(w.retry_delay_max),
+            retry_on: StatusSet::parse(&w.retry_on_status)?,
+            never_retry: StatusSet::parse(&w.no_retry_on_status)?,
+        })
+    }
+
+    /// Whether a backend answer with this status is worth another attempt.
+    pub fn retries_status(&self, status: u16) -> bool {
+        self.retry_on.contains(status) && !self.never_retry.contains(status)
+    }
+
+    /// Whether attempt number `attempt` (1-based) may be followed by another.
+    pub fn has_attempts_left(&self, attempt: u32) -> bool {
+        attempt < self.max_attempts
+    }
+
+    /// The ceiling of the backoff after attempt `attempt` (1-based):
+    /// `min(cap, base * 2^(attempt-1))`.
+    pub fn backoff_ceiling(&self, attempt: u32) -> Duration {
+        let exp = attempt.saturating_sub(1).min(30);
+        let ceiling = self.base.saturating_mul(1u32 << exp);
+        ceiling.min(self.cap)
+    }
+
+    /// The delay before the next attempt: full jitter over the ceiling, or
+    /// the backend's `Retry-After` (capped) when it gave one.
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>, rng: &mut fastrand::Rng) -> Duration {
+        if let Some(ra) = retry_after {
+            return ra.min(self.cap);
+        }
+        let ceiling = self.backoff_ceiling(attempt);
+        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(rng.u64(0..=nanos))
+    }
+}
+
+/// Parse an HTTP `Retry-After` value given in seconds. (HTTP-dates are
+/// accepted by the spec too; backends that send them get the backoff.)
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy::from_config(&WorkerConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn default_statuses() {
+        let p = policy();
+        for s in [408, 429, 500, 502, 503, 504, 599] {
+            assert!(p.retries_status(s), "{s}");
+        }
+        for s in [200, 201, 400, 404, 409, 422, 501] {
+            assert!(!p.retries_status(s), "{s}");
+        }
+    }
+
+    #[test]
+    fn status_set_syntax() {
+        let set = StatusSet::parse(&["4xx".into(), "500-502".into(), "599".into()]).unwrap();
+        assert!(set.contains(404) && set.contains(501) && set.contains(599));
+        assert!(!set.contains(503));
+        assert!(StatusSet::parse(&["6xx".into()]).is_err());
+        assert!(StatusSet::parse(&["99".into()]).is_err());
+        assert!(StatusSet::parse(&["502-500".into()]).is_err());
+    }
+
+    #[test]
+    fn attempts() {
+        let p = policy(); // max_retries 3 -> 4 attempts
+        assert!(p.has_attempts_left(1) && p.has_attempts_left(3));
+        assert!(!p.has_attempts_left(4));
+    }
+
+    #[test]
+    fn schedule_doubles_then_caps() {
+        let p = policy(); // base 1 s, cap 60 s
+        let ceilings: Vec<u64> = (1..=8).map(|a| p.backoff_ceiling(a).as_secs()).collect();
+        assert_eq!(ceilings, vec![1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(p.backoff_ceiling(1000).as_secs(), 60);
+    }
+
+    #[test]
+    fn jitter_stays_under_the_ceiling_and_varies() {
+        let p = policy();
+        let mut rng = fastrand::Rng::with_seed(7);
+        let delays: Vec<Duration> = (0..200).map(|_| p.delay(4, None, &mut rng)).collect();
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(8)));
+        let distinct: std::collections::BTreeSet<_> = delays.iter().collect();
+        assert!(distinct.len() > 100, "full jitter should spread delays");
+    }
+
+    #[test]
+    fn retry_after_is_honoured_up_to_the_cap() {
+        let p = policy();
+        let mut rng = fastrand::Rng::with_seed(1);
+        assert_eq!(p.delay(1, Some(Duration::from_secs(7)), &mut rng), Duration::from_secs(7));
+        assert_eq!(p.delay(1, Some(Duration::from_secs(600)), &mut rng), Duration::from_secs(60));
+        assert_eq!(parse_retry_after(" 12 "), Some(Duration::from_secs(12)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+}
