@@ -6,6 +6,7 @@ pub mod envelope;
 pub mod model;
 pub mod queue;
 pub mod retry;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod time;

@@ -64,6 +64,10 @@ pub fn decode_body(text: &str, encoding: Option<BodyEncoding>) -> Result<Vec<u8>
     }
 }
 
+pub fn encode_base64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 pub fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
     decode_body(text, Some(BodyEncoding::Base64))
 }

@@ -1,0 +1,380 @@
+//! The bridge's HTTP API: the public endpoints from DESIGN.md and the
+//! filter's capture endpoint.
+
+use crate::error::ApiError;
+use crate::AppState;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use openhqm_core::envelope::{
+    parse_capture_frame, Envelope, HttpRequest, Metadata, Source, CAPTURE_CONTENT_TYPE, ENVELOPE_VERSION,
+};
+use openhqm_core::model::{is_valid_correlation_id, RequestRecord, Status, StoredResponse};
+use openhqm_core::queue::{Message, QueueError};
+use openhqm_core::store::PutOutcome;
+use openhqm_core::time::now_rfc3339;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Room for the capture frame's metadata line on top of the body limit.
+const CAPTURE_META_ALLOWANCE: usize = 256 * 1024;
+
+#[derive(Deserialize)]
+struct SubmitRequest {
+    payload: Option<Value>,
+    #[serde(default)]
+    headers: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    metadata: Option<Metadata>,
+}
+
+/// Read the whole body, refusing more than `limit` bytes with a 413.
+async fn read_body(req: Request, limit: usize) -> Result<(HeaderMap, axum::body::Bytes), ApiError> {
+    let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::too_large(limit));
+    }
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::too_large(limit))?;
+    Ok((parts.headers, bytes))
+}
+
+fn content_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+}
+
+/// `POST /api/v1/submit`
+pub async fn submit(State(state): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    let limit = state.config.server.max_body_bytes;
+    let (headers, body) = read_body(req, limit).await?;
+    if let Some(ct) = content_type(&headers) {
+        if ct != "application/json" && !ct.ends_with("+json") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the submission as application/json",
+            ));
+        }
+    }
+    let parsed: SubmitRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("request body is not valid JSON for a submission: {e}")))?;
+    let payload = parsed
+        .payload
+        .ok_or_else(|| ApiError::bad_request("invalid_request", "`payload` is required"))?;
+    let metadata = parsed.metadata.unwrap_or_default();
+    if let Some(name) = &metadata.endpoint {
+        if state.config.proxy.enabled && !state.config.proxy.endpoints.contains_key(name) {
+            return Err(ApiError::bad_request(
+                "unknown_endpoint",
+                format!("`metadata.endpoint` names `{name}`, which is not configured"),
+            ));
+        }
+    }
+    if let Some(m) = &metadata.method {
+        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return Err(ApiError::bad_request("invalid_request", "`metadata.method` is not an HTTP method"));
+        }
+    }
+    let traceparent = header_str(&headers, "traceparent");
+    let envelope = Envelope {
+        version: ENVELOPE_VERSION,
+        correlation_id: uuid::Uuid::new_v4().to_string(),
+        submitted_at: now_rfc3339(),
+        source: Source::Api,
+        metadata,
+        traceparent,
+        payload: Some(payload),
+        headers: parsed.headers.unwrap_or_default(),
+        request: None,
+    };
+    accept(&state, envelope).await
+}
+
+/// `POST /internal/v1/capture`: a request captured by the filter.
+pub async fn capture(State(state): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    let limit = state.config.server.max_body_bytes.saturating_add(CAPTURE_META_ALLOWANCE);
+    let (headers, frame) = read_body(req, limit).await?;
+    if content_type(&headers).as_deref() != Some(CAPTURE_CONTENT_TYPE) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("the capture endpoint takes {CAPTURE_CONTENT_TYPE} frames from the OpenHQM filter"),
+        ));
+    }
+    let (meta, body) = parse_capture_frame(&frame).map_err(|e| ApiError::bad_request("invalid_capture", e))?;
+    if body.len() > state.config.server.max_body_bytes {
+        return Err(ApiError::too_large(state.config.server.max_body_bytes));
+    }
+    if !is_valid_correlation_id(&meta.correlation_id) {
+        return Err(ApiError::invalid_id());
+    }
+    let traceparent = meta.traceparent.clone().or_else(|| {
+        meta.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("traceparent"))
+            .map(|(_, v)| v.clone())
+    });
+    let envelope = Envelope {
+        version: ENVELOPE_VERSION,
+        correlation_id: meta.correlation_id.clone(),
+        submitted_at: now_rfc3339(),
+        source: Source::Filter,
+        metadata: Metadata::default(),
+        traceparent,
+        payload: None,
+        headers: BTreeMap::new(),
+        request: Some(HttpRequest::from_capture(&meta, body)),
+    };
+    accept(&state, envelope).await
+}
+
+fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+/// Record PENDING, publish durably, and only then answer 202.
+async fn accept(state: &AppState, envelope: Envelope) -> Result<Response, ApiError> {
+    let retry_after = state.config.server.retry_after_seconds;
+    let id = envelope.correlation_id.clone();
+    let record = RequestRecord::pending(&id, &envelope.submitted_at);
+    // PENDING first: once published, a worker may mark the request
+    // PROCESSING at any moment, and that must not be overwritten.
+    match state.store.put(&record, state.ttl).await {
+        Ok(PutOutcome::Written) => {}
+        Ok(PutOutcome::KeptFinal) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "duplicate_correlation_id",
+                "a request with this correlation ID has already completed",
+            ))
+        }
+        Err(e) => {
+            tracing::error!(correlation_id = %id, error = %e, "result store write failed");
+            return Err(ApiError::unavailable("store_unavailable", "the result store is unavailable; retry later", retry_after));
+        }
+    }
+    let message = Message {
+        id: id.clone(),
+        body: envelope.encode(),
+        attributes: BTreeMap::new(),
+        key: None,
+    };
+    let queue_name = state.requests.name().to_string();
+    if let Err(e) = state.requests.publish(message).await {
+        // Not accepted: forget the PENDING record so the ID does not linger.
+        let _ = state.store.delete(&id).await;
+        return Err(match e {
+            QueueError::TooLarge { max, .. } => {
+                state.metrics.publish.with_label_values(&[&queue_name, "too_large"]).inc();
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("the queued message would exceed the queue's limit of {max} bytes"),
+                )
+            }
+            other => {
+                state.metrics.publish.with_label_values(&[&queue_name, "error"]).inc();
+                tracing::error!(correlation_id = %id, error = %other, "publish failed");
+                ApiError::unavailable("queue_unavailable", "the queue is unavailable; the request was not accepted, retry later", retry_after)
+            }
+        });
+    }
+    state.metrics.publish.with_label_values(&[&queue_name, "ok"]).inc();
+    let source = match envelope.source {
+        Source::Filter => "filter",
+        Source::Api => "api",
+    };
+    state.metrics.accepted.with_label_values(&[source]).inc();
+    tracing::info!(correlation_id = %id, source, "accepted");
+    let body = json!({
+        "correlation_id": id,
+        "status": Status::Pending,
+        "submitted_at": envelope.submitted_at,
+    });
+    Ok(with_headers(
+        (StatusCode::ACCEPTED, Json(body)).into_response(),
+        &[
+            ("location", format!("/api/v1/response/{id}")),
+            ("retry-after", retry_after.to_string()),
+            ("x-correlation-id", id.clone()),
+        ],
+    ))
+}
+
+fn with_headers(mut resp: Response, headers: &[(&'static str, String)]) -> Response {
+    for (name, value) in headers {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            resp.headers_mut().insert(*name, v);
+        }
+    }
+    resp
+}
+
+async fn lookup(state: &AppState, id: &str) -> Result<RequestRecord, ApiError> {
+    if !is_valid_correlation_id(id) {
+        return Err(ApiError::invalid_id());
+    }
+    match state.store.get(id).await {
+        Ok(Some(r)) => Ok(r),
+        Ok(None) => Err(ApiError::not_found("no request with this correlation ID (unknown or expired)")),
+        Err(e) => {
+            tracing::error!(correlation_id = %id, error = %e, "result store read failed");
+            Err(ApiError::unavailable(
+                "store_unavailable",
+                "the result store is unavailable; retry later",
+                state.config.server.retry_after_seconds,
+            ))
+        }
+    }
+}
+
+fn status_body(r: &RequestRecord) -> Value {
+    json!({
+        "correlation_id": r.correlation_id,
+        "status": r.status,
+        "submitted_at": r.submitted_at,
+        "updated_at": r.updated_at,
+    })
+}
+
+/// `GET /api/v1/status/{id}`
+pub async fn status(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let record = lookup(&state, &id).await?;
+    Ok(Json(status_body(&record)).into_response())
+}
+
+/// `GET /api/v1/response/{id}`: 200 with the result once final, else 202.
+pub async fn response(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let record = lookup(&state, &id).await?;
+    if !record.status.is_final() {
+        return Ok(with_headers(
+            (StatusCode::ACCEPTED, Json(status_body(&record))).into_response(),
+            &[
+                ("retry-after", state.config.server.retry_after_seconds.to_string()),
+                ("location", format!("/api/v1/response/{id}")),
+            ],
+        ));
+    }
+    Ok(Json(result_body(&record)).into_response())
+}
+
+/// The final answer as the original's ResultResponse, extended: `result` is
+/// the backend's body as JSON when it is JSON, else as text (or base64, with
+/// `result_encoding`).
+pub fn result_body(r: &RequestRecord) -> Value {
+    let mut body = json!({
+        "correlation_id": r.correlation_id,
+        "status": r.status,
+        "submitted_at": r.submitted_at,
+        "completed_at": r.completed_at,
+        "processing_time_ms": r.processing_time_ms,
+        "attempts": r.attempts,
+    });
+    if let Some(resp) = &r.response {
+        body["status_code"] = json!(resp.status_code);
+        body["headers"] = headers_object(resp);
+        match result_value(resp) {
+            (v, Some(enc)) => {
+                body["result"] = v;
+                body["result_encoding"] = json!(enc);
+            }
+            (v, None) => body["result"] = v,
+        }
+    } else {
+        body["result"] = Value::Null;
+    }
+    if let Some(err) = &r.error {
+        body["error"] = json!(err);
+    }
+    body
+}
+
+fn headers_object(resp: &StoredResponse) -> Value {
+    let mut map = serde_json::Map::new();
+    for (k, v) in &resp.headers {
+        let key = k.to_ascii_lowercase();
+        match map.get_mut(&key) {
+            Some(Value::String(existing)) => {
+                existing.push_str(", ");
+                existing.push_str(v);
+            }
+            _ => {
+                map.insert(key, json!(v));
+            }
+        }
+    }
+    Value::Object(map)
+}
+
+fn result_value(resp: &StoredResponse) -> (Value, Option<&'static str>) {
+    if resp.body_encoding.is_some() {
+        return (json!(resp.body), Some("base64"));
+    }
+    if resp.body.is_empty() {
+        return (Value::Null, None);
+    }
+    match serde_json::from_str::<Value>(&resp.body) {
+        Ok(v) => (v, None),
+        Err(_) => (json!(resp.body), None),
+    }
+}
+
+/// `GET /health` and `/health/ready`: healthy only when queue and store answer.
+pub async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let queue_ok = state.requests.depth().await.is_ok();
+    let store_ok = state.store.get("00000000-0000-0000-0000-000000000000").await.is_ok();
+    let healthy = queue_ok && store_ok;
+    let body = json!({
+        "status": if healthy { "healthy" } else { "unhealthy" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "timestamp": now_rfc3339(),
+        "components": {
+            "queue": if queue_ok { "ok" } else { "unavailable" },
+            "result_store": if store_ok { "ok" } else { "unavailable" },
+        },
+    });
+    let code = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(body)).into_response()
+}
+
+/// `GET /health/live`: the process answers.
+pub async fn live() -> Response {
+    Json(json!({"status": "alive"})).into_response()
+}
+
+/// `GET /metrics`
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    if let Ok(depth) = state.requests.depth().await {
+        let q = state.requests.name();
+        let g = &state.metrics.queue_depth;
+        g.with_label_values(&[q, "ready"]).set(i64::try_from(depth.ready).unwrap_or(i64::MAX));
+        g.with_label_values(&[q, "in_flight"]).set(i64::try_from(depth.in_flight).unwrap_or(i64::MAX));
+    }
+    let mut resp = Response::new(Body::from(state.metrics.render()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
+}
