@@ -1,0 +1,1188 @@
+//! The per-request state machine, independent of Proxy-Wasm.
+//!
+//! [`HttpFilter`] is driven by the HTTP context callbacks and talks to the
+//! proxy only through the [`Host`] trait, so it is unit-tested natively with
+//! a fake host. States:
+//!
+//! ```text
+//! New ──headers──> PassThrough                       (not ours: touch nothing)
+//!     ──headers──> Relaying ──callout──> Done        (GET {api_prefix}/status|response/…)
+//!     ──headers──> Buffering ──body…eos──> Capturing ──callout──> Done
+//!                      ├──too large──> Done (413)
+//!                      └──no body ever delivered (watchdog)──> Done (500)
+//! ```
+
+use std::mem;
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::frame::{encode_frame, FrameMeta};
+use crate::routes::{split_path, RequestInfo};
+
+/// Bridge endpoint that receives capture frames.
+pub const CAPTURE_PATH: &str = "/internal/v1/capture";
+/// Content type of a capture frame.
+pub const CAPTURE_CONTENT_TYPE: &str = "application/vnd.openhqm.capture";
+/// Header carrying the correlation ID.
+pub const CORRELATION_HEADER: &str = "x-correlation-id";
+
+/// Bridge headers passed to the client on a relayed status/response answer.
+const RELAY_HEADERS: [&str; 4] = [
+    "content-type",
+    "location",
+    "retry-after",
+    "preference-applied",
+];
+/// Bridge headers passed to the client when the bridge accepted a capture.
+const ACCEPTED_HEADERS: [&str; 4] = [
+    "content-type",
+    "location",
+    "retry-after",
+    "preference-applied",
+];
+/// Bridge headers passed to the client when the bridge rejected a capture.
+const REJECTED_HEADERS: [&str; 2] = ["content-type", "retry-after"];
+
+const UNAVAILABLE_BODY: &str =
+    r#"{"error":"bridge_unavailable","detail":"the request was not accepted; retry later"}"#;
+const PROXY_MISCONFIGURED_BODY: &str = r#"{"error":"proxy_misconfigured","detail":"the request body did not reach the OpenHQM filter; see the proxy log"}"#;
+const JSON: &str = "application/json";
+
+/// What the proxy should do with the request after a callback
+/// (maps to Proxy-Wasm's `Action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Let the request go on to the next filter (the app).
+    Continue,
+    /// Hold the request: `StopIteration` on headers, `StopIterationAndBuffer`
+    /// on body.
+    Pause,
+}
+
+/// Log severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Per-request detail.
+    Debug,
+    /// Notable events.
+    Info,
+    /// Something failed for one request.
+    Warn,
+    /// Something is misconfigured or broken.
+    Error,
+}
+
+/// Header list: names as given by the proxy (lower-case), raw value bytes.
+pub type Headers = Vec<(String, Vec<u8>)>;
+
+/// What the state machine needs from the proxy.
+pub trait Host {
+    /// All request headers, pseudo-headers included, in order.
+    fn request_headers(&mut self) -> Headers;
+    /// The buffered request body, `size` bytes from offset 0.
+    fn request_body(&mut self, size: usize) -> Option<Vec<u8>>;
+    /// Starts an HTTP call to `cluster`; returns the call's token.
+    fn dispatch_http_call(
+        &mut self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, String>;
+    /// Headers of the callout response (only valid in the callout callback).
+    fn call_response_headers(&mut self) -> Headers;
+    /// Body of the callout response, `size` bytes from offset 0.
+    fn call_response_body(&mut self, size: usize) -> Option<Vec<u8>>;
+    /// Status of the callout response (its `:status`), if it has a valid one.
+    fn call_response_status(&mut self) -> Option<u32> {
+        response_status(&self.call_response_headers())
+    }
+    /// Answers the client directly (local reply); the request goes no further.
+    fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]);
+    /// Writes to the proxy's log.
+    fn log(&mut self, level: LogLevel, message: &str);
+    /// A new random (v4) UUID, hyphenated lower-case.
+    fn new_uuid(&mut self) -> String;
+}
+
+/// The `:status` of a response header list, when it is a 3-digit number.
+pub fn response_status(headers: &[(String, Vec<u8>)]) -> Option<u32> {
+    let value = header_str(headers, ":status")?.trim();
+    if value.len() != 3 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok().filter(|s| (100..=599).contains(s))
+}
+
+/// The first value of header `name` when it is valid UTF-8.
+fn header_str<'h>(headers: &'h [(String, Vec<u8>)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+}
+
+/// A captured request waiting for the end of its body.
+#[derive(Debug)]
+struct Pending {
+    correlation_id: String,
+    method: String,
+    path: String,
+    query: Option<String>,
+    authority: Option<String>,
+    headers: Headers,
+    /// Body bytes buffered so far (as reported by the proxy).
+    body_size: usize,
+    /// Whether a body or trailers callback has arrived.
+    body_seen: bool,
+}
+
+#[derive(Debug)]
+enum State {
+    New,
+    PassThrough,
+    Buffering(Box<Pending>),
+    Capturing { token: u32, correlation_id: String },
+    Relaying { token: u32 },
+    Done,
+}
+
+/// The filter's state for one HTTP request.
+#[derive(Debug)]
+pub struct HttpFilter {
+    config: Rc<Config>,
+    state: State,
+}
+
+impl HttpFilter {
+    /// A filter for a new request.
+    pub fn new(config: Rc<Config>) -> Self {
+        HttpFilter {
+            config,
+            state: State::New,
+        }
+    }
+
+    /// Whether this request is left alone (not captured, not relayed).
+    pub fn is_pass_through(&self) -> bool {
+        matches!(self.state, State::PassThrough)
+    }
+
+    /// Whether the request was held at its headers to buffer a body and no
+    /// body callback has arrived yet.
+    pub fn awaits_first_body_chunk(&self) -> bool {
+        matches!(&self.state, State::Buffering(p) if !p.body_seen)
+    }
+
+    /// The proxy never delivered the body of a held request: Envoy turns the
+    /// filter's `StopIteration` into `StopAllIteration` unless the Wasm plugin
+    /// config sets `allow_on_headers_stop_iteration: true` (Envoy >= 1.35),
+    /// and then the request would hang until the stream idle timeout.
+    /// Answers 500 and logs the fix. Does nothing in any other state.
+    pub fn on_body_stalled<H: Host>(&mut self, host: &mut H) {
+        if !self.awaits_first_body_chunk() {
+            return;
+        }
+        let State::Buffering(pending) = mem::replace(&mut self.state, State::Done) else {
+            return;
+        };
+        host.log(
+            LogLevel::Error,
+            &format!(
+                "openhqm: the body of {} never reached the filter: the proxy holds request \
+                 bodies when a filter pauses at the headers; set \
+                 `allow_on_headers_stop_iteration: true` in the Wasm plugin config (Envoy >= 1.35)",
+                pending.correlation_id
+            ),
+        );
+        let headers = [
+            ("content-type", JSON),
+            (CORRELATION_HEADER, pending.correlation_id.as_str()),
+        ];
+        host.send_response(500, &headers, PROXY_MISCONFIGURED_BODY.as_bytes());
+    }
+
+    /// Request headers arrived.
+    pub fn on_request_headers<H: Host>(&mut self, host: &mut H, end_of_stream: bool) -> Action {
+        if !matches!(self.state, State::New) {
+            return self.hold_unless_pass_through();
+        }
+        let config = Rc::clone(&self.config);
+        let headers = host.request_headers();
+        let (Some(method), Some(full_path)) = (
+            header_str(&headers, ":method"),
+            header_str(&headers, ":path"),
+        ) else {
+            self.state = State::PassThrough;
+            return Action::Continue;
+        };
+        let (path, query) = split_path(full_path);
+
+        if method == "GET" && is_relay_path(&config.api_prefix, path) {
+            let full_path = full_path.to_string();
+            self.start_relay(host, &full_path);
+            return Action::Pause;
+        }
+
+        let request = RequestInfo { method, path };
+        if config.routes.find(&request).is_none() {
+            self.state = State::PassThrough;
+            return Action::Continue;
+        }
+
+        let correlation_id = host.new_uuid();
+        host.log(
+            LogLevel::Debug,
+            &format!("openhqm: capturing {method} {path} as {correlation_id}"),
+        );
+        let declared = header_str(&headers, "content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if declared > config.max_body_bytes {
+            self.reply_too_large(host, &correlation_id);
+            return Action::Pause;
+        }
+        let pending = Box::new(Pending {
+            correlation_id,
+            method: method.to_string(),
+            path: path.to_string(),
+            query: query.map(str::to_string),
+            authority: header_str(&headers, ":authority").map(str::to_string),
+            body_size: 0,
+            body_seen: false,
+            headers,
+        });
+        if end_of_stream {
+            self.dispatch_capture(host, &pending, &[]);
+        } else {
+            self.state = State::Buffering(pending);
+        }
+        Action::Pause
+    }
+
+    /// A request body chunk arrived; `body_size` is the size of everything
+    /// buffered so far.
+    pub fn on_request_body<H: Host>(
+        &mut self,
+        host: &mut H,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
+        let State::Buffering(pending) = &mut self.state else {
+            return self.hold_unless_pass_through();
+        };
+        pending.body_size = body_size;
+        pending.body_seen = true;
+        if exceeds(body_size, self.config.max_body_bytes) {
+            let correlation_id = mem::take(&mut pending.correlation_id);
+            self.reply_too_large(host, &correlation_id);
+            return Action::Pause;
+        }
+        if end_of_stream {
+            self.finish_body(host);
+        }
+        Action::Pause
+    }
+
+    /// Request trailers arrived: the body (if any) is complete.
+    pub fn on_request_trailers<H: Host>(&mut self, host: &mut H) -> Action {
+        if matches!(self.state, State::Buffering(_)) {
+            self.finish_body(host);
+            return Action::Pause;
+        }
+        self.hold_unless_pass_through()
+    }
+
+    /// The answer to a callout arrived. `num_headers == 0` means the call
+    /// failed without a response (reset); the headers are then not read.
+    pub fn on_call_response<H: Host>(
+        &mut self,
+        host: &mut H,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+    ) {
+        let correlation_id = match mem::replace(&mut self.state, State::Done) {
+            State::Capturing {
+                token: expected,
+                correlation_id,
+            } if expected == token => Some(correlation_id),
+            State::Relaying { token: expected } if expected == token => None,
+            other => {
+                self.state = other;
+                host.log(
+                    LogLevel::Warn,
+                    &format!("openhqm: ignoring response to unknown call {token}"),
+                );
+                return;
+            }
+        };
+        let headers = if num_headers > 0 {
+            host.call_response_headers()
+        } else {
+            Vec::new()
+        };
+        let status = response_status(&headers);
+        let body = if body_size > 0 {
+            host.call_response_body(body_size).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let id = correlation_id.as_deref();
+        let relayed: Option<&[&str]> = match (id, status) {
+            (Some(_), Some(200..=299)) => Some(&ACCEPTED_HEADERS),
+            (Some(_), Some(400..=499)) => Some(&REJECTED_HEADERS),
+            (None, Some(200..=499)) => Some(&RELAY_HEADERS),
+            _ => None,
+        };
+        match (relayed, status) {
+            (Some(names), Some(status)) => {
+                let mut out: Vec<(&str, &str)> = names
+                    .iter()
+                    .filter_map(|name| header_str(&headers, name).map(|v| (*name, v)))
+                    .collect();
+                if let Some(id) = id {
+                    out.push((CORRELATION_HEADER, id));
+                }
+                host.send_response(status, &out, &body);
+            }
+            _ => {
+                let status = status.map_or_else(|| "none".to_string(), |s| s.to_string());
+                host.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "openhqm: bridge call failed (status {status}) for {}",
+                        id.unwrap_or("a status/response relay")
+                    ),
+                );
+                self.reply_unavailable(host, id);
+            }
+        }
+    }
+
+    fn hold_unless_pass_through(&self) -> Action {
+        match self.state {
+            State::New | State::PassThrough => Action::Continue,
+            _ => Action::Pause,
+        }
+    }
+
+    fn start_relay<H: Host>(&mut self, host: &mut H, full_path: &str) {
+        let config = Rc::clone(&self.config);
+        let headers = [
+            (":method", "GET"),
+            (":path", full_path),
+            (":authority", config.bridge_authority.as_str()),
+            ("accept", JSON),
+        ];
+        match host.dispatch_http_call(
+            &config.bridge_cluster,
+            &headers,
+            None,
+            config.bridge_timeout(),
+        ) {
+            Ok(token) => self.state = State::Relaying { token },
+            Err(e) => {
+                host.log(
+                    LogLevel::Error,
+                    &format!(
+                        "openhqm: cannot call bridge cluster {:?}: {e}",
+                        config.bridge_cluster
+                    ),
+                );
+                self.reply_unavailable(host, None);
+            }
+        }
+    }
+
+    fn finish_body<H: Host>(&mut self, host: &mut H) {
+        let State::Buffering(pending) = mem::replace(&mut self.state, State::Done) else {
+            return;
+        };
+        let body = if pending.body_size == 0 {
+            Vec::new()
+        } else if let Some(body) = host.request_body(pending.body_size) {
+            body
+        } else {
+            host.log(
+                LogLevel::Error,
+                &format!(
+                    "openhqm: request body of {} not readable",
+                    pending.correlation_id
+                ),
+            );
+            self.reply_unavailable(host, Some(&pending.correlation_id));
+            return;
+        };
+        if exceeds(body.len(), self.config.max_body_bytes) {
+            self.reply_too_large(host, &pending.correlation_id);
+            return;
+        }
+        self.dispatch_capture(host, &pending, &body);
+    }
+
+    fn dispatch_capture<H: Host>(&mut self, host: &mut H, pending: &Pending, body: &[u8]) {
+        let config = Rc::clone(&self.config);
+        let id = pending.correlation_id.as_str();
+        let meta = FrameMeta {
+            correlation_id: id,
+            method: &pending.method,
+            path: &pending.path,
+            query: pending.query.as_deref(),
+            authority: pending.authority.as_deref(),
+            headers: &pending.headers,
+        };
+        let frame = match encode_frame(&meta, body) {
+            Ok(frame) => frame,
+            Err(e) => {
+                host.log(
+                    LogLevel::Error,
+                    &format!("openhqm: cannot encode capture frame for {id}: {e}"),
+                );
+                self.reply_unavailable(host, Some(id));
+                return;
+            }
+        };
+        let headers = [
+            (":method", "POST"),
+            (":path", CAPTURE_PATH),
+            (":authority", config.bridge_authority.as_str()),
+            ("content-type", CAPTURE_CONTENT_TYPE),
+            (CORRELATION_HEADER, id),
+        ];
+        match host.dispatch_http_call(
+            &config.bridge_cluster,
+            &headers,
+            Some(&frame),
+            config.bridge_timeout(),
+        ) {
+            Ok(token) => {
+                self.state = State::Capturing {
+                    token,
+                    correlation_id: id.to_string(),
+                }
+            }
+            Err(e) => {
+                host.log(
+                    LogLevel::Error,
+                    &format!(
+                        "openhqm: cannot call bridge cluster {:?} for {id}: {e}",
+                        config.bridge_cluster
+                    ),
+                );
+                self.reply_unavailable(host, Some(id));
+            }
+        }
+    }
+
+    fn reply_unavailable<H: Host>(&mut self, host: &mut H, correlation_id: Option<&str>) {
+        self.state = State::Done;
+        let retry_after = self.config.retry_after_seconds.to_string();
+        let mut headers = vec![
+            ("content-type", JSON),
+            ("retry-after", retry_after.as_str()),
+        ];
+        if let Some(id) = correlation_id {
+            headers.push((CORRELATION_HEADER, id));
+        }
+        host.send_response(503, &headers, UNAVAILABLE_BODY.as_bytes());
+    }
+
+    fn reply_too_large<H: Host>(&mut self, host: &mut H, correlation_id: &str) {
+        self.state = State::Done;
+        let body = format!(
+            r#"{{"error":"payload_too_large","detail":"request body exceeds {} bytes"}}"#,
+            self.config.max_body_bytes
+        );
+        host.log(
+            LogLevel::Info,
+            &format!("openhqm: {correlation_id} rejected: body larger than max_body_bytes"),
+        );
+        let headers = [("content-type", JSON), (CORRELATION_HEADER, correlation_id)];
+        host.send_response(413, &headers, body.as_bytes());
+    }
+}
+
+/// Whether `path` (without query) is `{api_prefix}/status/…` or
+/// `{api_prefix}/response/…`.
+fn is_relay_path(api_prefix: &str, path: &str) -> bool {
+    path.strip_prefix(api_prefix)
+        .is_some_and(|rest| rest.starts_with("/status/") || rest.starts_with("/response/"))
+}
+
+fn exceeds(size: usize, limit: u64) -> bool {
+    u64::try_from(size).map_or(true, |size| size > limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    #[derive(Debug, Clone, PartialEq)]
+    struct Call {
+        cluster: String,
+        headers: Vec<(String, String)>,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    }
+
+    #[derive(Debug, Clone, PartialEq)]
+    struct Sent {
+        status: u32,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    }
+
+    impl Sent {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        }
+        fn names(&self) -> Vec<&str> {
+            self.headers.iter().map(|(n, _)| n.as_str()).collect()
+        }
+        fn json(&self) -> Value {
+            serde_json::from_slice(&self.body).unwrap()
+        }
+    }
+
+    struct FakeHost {
+        request_headers: Headers,
+        request_body: Vec<u8>,
+        dispatch_result: Result<u32, String>,
+        calls: Vec<Call>,
+        call_headers: Headers,
+        call_body: Vec<u8>,
+        call_header_reads: usize,
+        sent: Vec<Sent>,
+        logs: Vec<(LogLevel, String)>,
+        uuids: u32,
+    }
+
+    impl FakeHost {
+        fn new(headers: &[(&str, &[u8])]) -> Self {
+            FakeHost {
+                request_headers: headers
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_vec()))
+                    .collect(),
+                request_body: Vec::new(),
+                dispatch_result: Ok(42),
+                calls: Vec::new(),
+                call_headers: Vec::new(),
+                call_body: Vec::new(),
+                call_header_reads: 0,
+                sent: Vec::new(),
+                logs: Vec::new(),
+                uuids: 0,
+            }
+        }
+
+        fn request(method: &str, path: &str) -> Self {
+            FakeHost::new(&[
+                (":method", method.as_bytes()),
+                (":path", path.as_bytes()),
+                (":scheme", b"http"),
+                (":authority", b"shop.local"),
+            ])
+        }
+
+        fn with_header(mut self, name: &str, value: &[u8]) -> Self {
+            self.request_headers
+                .push((name.to_string(), value.to_vec()));
+            self
+        }
+
+        fn bridge_answers(&mut self, headers: &[(&str, &str)], body: &[u8]) {
+            self.call_headers = headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect();
+            self.call_body = body.to_vec();
+        }
+
+        fn only_call(&self) -> &Call {
+            assert_eq!(self.calls.len(), 1, "calls: {:?}", self.calls);
+            &self.calls[0]
+        }
+
+        fn only_sent(&self) -> &Sent {
+            assert_eq!(self.sent.len(), 1, "sent: {:?}", self.sent);
+            &self.sent[0]
+        }
+    }
+
+    impl Host for FakeHost {
+        fn request_headers(&mut self) -> Headers {
+            self.request_headers.clone()
+        }
+        fn request_body(&mut self, size: usize) -> Option<Vec<u8>> {
+            Some(self.request_body[..size.min(self.request_body.len())].to_vec())
+        }
+        fn dispatch_http_call(
+            &mut self,
+            cluster: &str,
+            headers: &[(&str, &str)],
+            body: Option<&[u8]>,
+            timeout: Duration,
+        ) -> Result<u32, String> {
+            self.calls.push(Call {
+                cluster: cluster.to_string(),
+                headers: headers
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect(),
+                body: body.map(<[u8]>::to_vec),
+                timeout,
+            });
+            self.dispatch_result.clone()
+        }
+        fn call_response_headers(&mut self) -> Headers {
+            self.call_header_reads += 1;
+            self.call_headers.clone()
+        }
+        fn call_response_body(&mut self, size: usize) -> Option<Vec<u8>> {
+            Some(self.call_body[..size.min(self.call_body.len())].to_vec())
+        }
+        fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+            self.sent.push(Sent {
+                status,
+                headers: headers
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect(),
+                body: body.to_vec(),
+            });
+        }
+        fn log(&mut self, level: LogLevel, message: &str) {
+            self.logs.push((level, message.to_string()));
+        }
+        fn new_uuid(&mut self) -> String {
+            self.uuids += 1;
+            format!("00000000-0000-4000-8000-{:012x}", self.uuids)
+        }
+    }
+
+    const ID1: &str = "00000000-0000-4000-8000-000000000001";
+
+    fn config_with(extra: &str) -> Rc<Config> {
+        let json = format!(
+            r#"{{"bridge_cluster":"openhqm_bridge","routes":[{{"prefix":"/orders","methods":["POST"]}},{{"prefix":"/jobs"}}]{extra}}}"#
+        );
+        Rc::new(Config::parse(json.as_bytes()).unwrap())
+    }
+
+    fn filter() -> HttpFilter {
+        HttpFilter::new(config_with(""))
+    }
+
+    fn frame_parts(frame: &[u8]) -> (Value, Vec<u8>) {
+        let nl = frame.iter().position(|b| *b == b'\n').unwrap();
+        (
+            serde_json::from_slice(&frame[..nl]).unwrap(),
+            frame[nl + 1..].to_vec(),
+        )
+    }
+
+    fn assert_unavailable(sent: &Sent, correlation_id: Option<&str>) {
+        assert_eq!(sent.status, 503);
+        assert_eq!(sent.header("content-type"), Some("application/json"));
+        assert_eq!(sent.header("retry-after"), Some("2"));
+        assert_eq!(sent.header("x-correlation-id"), correlation_id);
+        assert_eq!(
+            sent.json(),
+            json!({"error":"bridge_unavailable","detail":"the request was not accepted; retry later"})
+        );
+    }
+
+    #[test]
+    fn unmatched_requests_pass_through_untouched() {
+        for (method, path) in [
+            ("GET", "/other"),
+            ("GET", "/orders"),
+            ("PUT", "/orders/1"),
+            ("POST", "/api/v1/status/abc"),
+            ("GET", "/api/v1/status"),
+            ("GET", "/api/v1/statusx/1"),
+            ("GET", "/api/v2/status/1"),
+            ("GET", "/other?x=/orders"),
+        ] {
+            let mut host = FakeHost::request(method, path);
+            let mut f = filter();
+            assert_eq!(
+                f.on_request_headers(&mut host, false),
+                Action::Continue,
+                "{method} {path}"
+            );
+            assert!(f.is_pass_through());
+            assert_eq!(f.on_request_body(&mut host, 10, false), Action::Continue);
+            assert_eq!(f.on_request_body(&mut host, 20, true), Action::Continue);
+            assert_eq!(f.on_request_trailers(&mut host), Action::Continue);
+            assert!(host.calls.is_empty() && host.sent.is_empty());
+            assert_eq!(host.uuids, 0);
+        }
+    }
+
+    #[test]
+    fn request_without_method_or_path_passes_through() {
+        let mut host = FakeHost::new(&[(":method", b"POST")]);
+        let mut f = filter();
+        assert_eq!(f.on_request_headers(&mut host, true), Action::Continue);
+        let mut host = FakeHost::new(&[(":method", b"POST"), (":path", b"/orders\xff")]);
+        let mut f = filter();
+        assert_eq!(f.on_request_headers(&mut host, true), Action::Continue);
+        assert!(host.calls.is_empty() && host.sent.is_empty());
+    }
+
+    #[test]
+    fn capture_without_body_dispatches_at_once() {
+        let mut host = FakeHost::request("POST", "/orders?a=1&b=2")
+            .with_header("content-type", b"application/json")
+            .with_header("content-length", b"0")
+            .with_header("x-foo", b"bar");
+        let mut f = filter();
+        assert_eq!(f.on_request_headers(&mut host, true), Action::Pause);
+        let call = host.only_call().clone();
+        assert_eq!(call.cluster, "openhqm_bridge");
+        assert_eq!(call.timeout, Duration::from_millis(5000));
+        let expect: Vec<(String, String)> = [
+            (":method", "POST"),
+            (":path", "/internal/v1/capture"),
+            (":authority", "openhqm-bridge"),
+            ("content-type", "application/vnd.openhqm.capture"),
+            ("x-correlation-id", ID1),
+        ]
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(call.headers, expect);
+        let (json, body) = frame_parts(call.body.as_deref().unwrap());
+        assert!(body.is_empty());
+        assert_eq!(
+            json,
+            json!({"v":1,"correlation_id":ID1,"method":"POST","path":"/orders",
+                   "query":"a=1&b=2","authority":"shop.local",
+                   "headers":[["content-type","application/json"],["x-foo","bar"]]})
+        );
+        assert!(host.sent.is_empty());
+        // Later callbacks keep holding the request.
+        assert_eq!(f.on_request_body(&mut host, 0, true), Action::Pause);
+    }
+
+    #[test]
+    fn capture_buffers_body_until_end_of_stream() {
+        let body: Vec<u8> = (0..=255u8).collect();
+        let mut host = FakeHost::request("POST", "/orders")
+            .with_header("content-type", b"application/octet-stream")
+            .with_header("transfer-encoding", b"chunked")
+            .with_header("x-bin", b"\x00\xff");
+        host.request_body = body.clone();
+        let mut f = filter();
+        assert_eq!(f.on_request_headers(&mut host, false), Action::Pause);
+        assert!(host.calls.is_empty());
+        assert_eq!(f.on_request_body(&mut host, 100, false), Action::Pause);
+        assert_eq!(f.on_request_body(&mut host, 200, false), Action::Pause);
+        assert!(host.calls.is_empty());
+        assert_eq!(f.on_request_body(&mut host, 256, true), Action::Pause);
+        let call = host.only_call();
+        let (json, sent_body) = frame_parts(call.body.as_deref().unwrap());
+        assert_eq!(sent_body, body);
+        assert_eq!(
+            json["headers"],
+            json!([["content-type", "application/octet-stream"]])
+        );
+        assert_eq!(json["headers_b64"], json!([["x-bin", "AP8="]]));
+        assert!(json.get("query").is_none());
+        assert!(host.sent.is_empty());
+    }
+
+    #[test]
+    fn trailers_end_the_body() {
+        let mut host = FakeHost::request("PUT", "/jobs/run");
+        host.request_body = b"hello".to_vec();
+        let mut f = filter();
+        assert_eq!(f.on_request_headers(&mut host, false), Action::Pause);
+        assert_eq!(f.on_request_body(&mut host, 5, false), Action::Pause);
+        assert_eq!(f.on_request_trailers(&mut host), Action::Pause);
+        let (json, body) = frame_parts(host.only_call().body.as_deref().unwrap());
+        assert_eq!(body, b"hello");
+        assert_eq!(json["method"], "PUT");
+    }
+
+    #[test]
+    fn too_large_by_content_length_is_413_at_once() {
+        let mut host =
+            FakeHost::request("POST", "/orders").with_header("content-length", b"1048577");
+        let mut f = filter();
+        assert_eq!(f.on_request_headers(&mut host, false), Action::Pause);
+        assert!(host.calls.is_empty());
+        let sent = host.only_sent().clone();
+        assert_eq!(sent.status, 413);
+        assert_eq!(sent.header("content-type"), Some("application/json"));
+        assert_eq!(
+            sent.json(),
+            json!({"error":"payload_too_large","detail":"request body exceeds 1048576 bytes"})
+        );
+        assert_eq!(f.on_request_body(&mut host, 10, true), Action::Pause);
+        assert_eq!(host.sent.len(), 1);
+        assert!(host.calls.is_empty());
+    }
+
+    #[test]
+    fn content_length_at_the_limit_is_accepted() {
+        let mut host =
+            FakeHost::request("POST", "/orders").with_header("content-length", b"1048576");
+        let mut f = filter();
+        assert_eq!(f.on_request_headers(&mut host, false), Action::Pause);
+        assert!(host.sent.is_empty());
+    }
+
+    #[test]
+    fn too_large_by_accumulated_size_is_413() {
+        let mut f = HttpFilter::new(config_with(r#","max_body_bytes":10"#));
+        let mut host = FakeHost::request("POST", "/orders");
+        host.request_body = vec![b'x'; 11];
+        assert_eq!(f.on_request_headers(&mut host, false), Action::Pause);
+        assert_eq!(f.on_request_body(&mut host, 10, false), Action::Pause);
+        assert!(host.sent.is_empty());
+        assert_eq!(f.on_request_body(&mut host, 11, false), Action::Pause);
+        let sent = host.only_sent().clone();
+        assert_eq!(sent.status, 413);
+        assert_eq!(sent.header("x-correlation-id"), Some(ID1));
+        assert_eq!(sent.json()["detail"], "request body exceeds 10 bytes");
+        assert_eq!(f.on_request_body(&mut host, 12, true), Action::Pause);
+        assert_eq!(f.on_request_trailers(&mut host), Action::Pause);
+        assert!(host.calls.is_empty());
+        assert_eq!(host.sent.len(), 1);
+    }
+
+    #[test]
+    fn body_exactly_at_limit_is_captured() {
+        let mut f = HttpFilter::new(config_with(r#","max_body_bytes":10"#));
+        let mut host = FakeHost::request("POST", "/orders");
+        host.request_body = vec![b'x'; 10];
+        f.on_request_headers(&mut host, false);
+        assert_eq!(f.on_request_body(&mut host, 10, true), Action::Pause);
+        assert!(host.sent.is_empty());
+        assert_eq!(
+            frame_parts(host.only_call().body.as_deref().unwrap())
+                .1
+                .len(),
+            10
+        );
+    }
+
+    fn captured() -> (HttpFilter, FakeHost) {
+        let mut host = FakeHost::request("POST", "/orders");
+        let mut f = filter();
+        assert_eq!(f.on_request_headers(&mut host, true), Action::Pause);
+        assert_eq!(host.calls.len(), 1);
+        (f, host)
+    }
+
+    #[test]
+    fn accepted_capture_is_relayed_with_location_and_correlation_id() {
+        let (mut f, mut host) = captured();
+        let body = format!(r#"{{"correlation_id":"{ID1}","status":"PENDING"}}"#);
+        host.bridge_answers(
+            &[
+                (":status", "202"),
+                ("content-type", "application/json"),
+                ("location", &format!("/api/v1/status/{ID1}")),
+                ("retry-after", "1"),
+                ("server", "bridge"),
+                ("x-internal", "secret"),
+            ],
+            body.as_bytes(),
+        );
+        f.on_call_response(&mut host, 42, 6, body.len());
+        let sent = host.only_sent();
+        assert_eq!(sent.status, 202);
+        assert_eq!(sent.body, body.as_bytes());
+        assert_eq!(
+            sent.names(),
+            [
+                "content-type",
+                "location",
+                "retry-after",
+                "x-correlation-id"
+            ]
+        );
+        assert_eq!(
+            sent.header("location"),
+            Some(&*format!("/api/v1/status/{ID1}"))
+        );
+        assert_eq!(sent.header("x-correlation-id"), Some(ID1));
+    }
+
+    #[test]
+    fn rejected_capture_4xx_is_relayed() {
+        let (mut f, mut host) = captured();
+        let body = br#"{"error":"invalid_request","detail":"bad"}"#;
+        host.bridge_answers(
+            &[
+                (":status", "400"),
+                ("content-type", "application/json"),
+                ("location", "/nope"),
+            ],
+            body,
+        );
+        f.on_call_response(&mut host, 42, 3, body.len());
+        let sent = host.only_sent();
+        assert_eq!(sent.status, 400);
+        assert_eq!(sent.body, body);
+        assert_eq!(sent.names(), ["content-type", "x-correlation-id"]);
+        assert_eq!(sent.header("x-correlation-id"), Some(ID1));
+    }
+
+    #[test]
+    fn bridge_5xx_or_odd_status_becomes_503() {
+        for status in [
+            "500", "503", "504", "302", "101", "abc", "20", "2000", "600",
+        ] {
+            let (mut f, mut host) = captured();
+            host.bridge_answers(
+                &[(":status", status), ("content-type", "text/plain")],
+                b"upstream connect error",
+            );
+            f.on_call_response(&mut host, 42, 2, 22);
+            assert_unavailable(host.only_sent(), Some(ID1));
+        }
+    }
+
+    #[test]
+    fn failed_call_without_headers_becomes_503_without_reading_headers() {
+        let (mut f, mut host) = captured();
+        f.on_call_response(&mut host, 42, 0, 0);
+        assert_eq!(host.call_header_reads, 0);
+        assert_unavailable(host.only_sent(), Some(ID1));
+        // Missing :status among other headers is also a failure.
+        let (mut f, mut host) = captured();
+        host.bridge_answers(&[("content-type", "application/json")], b"{}");
+        f.on_call_response(&mut host, 42, 1, 2);
+        assert_unavailable(host.only_sent(), Some(ID1));
+    }
+
+    #[test]
+    fn dispatch_error_is_503_at_once() {
+        let mut host = FakeHost::request("POST", "/orders");
+        host.dispatch_result = Err("BadArgument".into());
+        let mut f = filter();
+        assert_eq!(f.on_request_headers(&mut host, true), Action::Pause);
+        assert_unavailable(host.only_sent(), Some(ID1));
+        assert!(host
+            .logs
+            .iter()
+            .any(|(l, m)| *l == LogLevel::Error && m.contains("openhqm_bridge")));
+        // A late callout answer changes nothing.
+        f.on_call_response(&mut host, 42, 1, 0);
+        assert_eq!(host.sent.len(), 1);
+    }
+
+    #[test]
+    fn unknown_token_is_ignored() {
+        let (mut f, mut host) = captured();
+        host.bridge_answers(&[(":status", "202")], b"");
+        f.on_call_response(&mut host, 7, 1, 0);
+        assert!(host.sent.is_empty());
+        f.on_call_response(&mut host, 42, 1, 0);
+        assert_eq!(host.only_sent().status, 202);
+        // A duplicate answer is ignored too.
+        f.on_call_response(&mut host, 42, 1, 0);
+        assert_eq!(host.sent.len(), 1);
+    }
+
+    #[test]
+    fn status_relay() {
+        let mut host = FakeHost::request("GET", &format!("/api/v1/status/{ID1}?verbose=1"));
+        let mut f = filter();
+        assert_eq!(f.on_request_headers(&mut host, true), Action::Pause);
+        assert_eq!(host.uuids, 0);
+        let call = host.only_call().clone();
+        assert_eq!(call.cluster, "openhqm_bridge");
+        assert_eq!(call.body, None);
+        assert_eq!(
+            call.headers,
+            [
+                (":method", "GET"),
+                (":path", &*format!("/api/v1/status/{ID1}?verbose=1")),
+                (":authority", "openhqm-bridge"),
+                ("accept", "application/json"),
+            ]
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+        );
+        let body = br#"{"status":"PENDING"}"#;
+        host.bridge_answers(
+            &[
+                (":status", "200"),
+                ("content-type", "application/json"),
+                ("preference-applied", "wait=5"),
+                ("x-other", "no"),
+            ],
+            body,
+        );
+        f.on_call_response(&mut host, 42, 4, body.len());
+        let sent = host.only_sent();
+        assert_eq!(sent.status, 200);
+        assert_eq!(sent.body, body);
+        assert_eq!(sent.names(), ["content-type", "preference-applied"]);
+    }
+
+    #[test]
+    fn response_relay_keeps_status_and_headers() {
+        for (status, code) in [("202", 202), ("404", 404), ("400", 400), ("303", 303)] {
+            let mut host = FakeHost::request("GET", "/api/v1/response/abc");
+            let mut f = filter();
+            assert_eq!(f.on_request_headers(&mut host, false), Action::Pause);
+            assert_eq!(f.on_request_body(&mut host, 3, true), Action::Pause);
+            host.bridge_answers(
+                &[
+                    (":status", status),
+                    ("content-type", "application/json"),
+                    ("location", "/api/v1/response/abc"),
+                    ("retry-after", "1"),
+                ],
+                b"{}",
+            );
+            f.on_call_response(&mut host, 42, 4, 2);
+            let sent = host.only_sent();
+            assert_eq!(sent.status, code);
+            assert_eq!(sent.body, b"{}");
+            assert_eq!(sent.names(), ["content-type", "location", "retry-after"]);
+        }
+    }
+
+    #[test]
+    fn relay_failures_are_503_without_correlation_id() {
+        let mut host = FakeHost::request("GET", "/api/v1/response/abc");
+        let mut f = filter();
+        f.on_request_headers(&mut host, true);
+        host.bridge_answers(&[(":status", "502")], b"");
+        f.on_call_response(&mut host, 42, 1, 0);
+        assert_unavailable(host.only_sent(), None);
+
+        let mut host = FakeHost::request("GET", "/api/v1/status/abc");
+        let mut f = filter();
+        f.on_call_response(&mut host, 42, 0, 0); // before anything: ignored
+        f.on_request_headers(&mut host, true);
+        f.on_call_response(&mut host, 42, 0, 0);
+        assert_unavailable(host.only_sent(), None);
+
+        let mut host = FakeHost::request("GET", "/api/v1/status/abc");
+        host.dispatch_result = Err("BadArgument".into());
+        let mut f = filter();
+        assert_eq!(f.on_request_headers(&mut host, true), Action::Pause);
+        assert_unavailable(host.only_sent(), None);
+    }
+
+    #[test]
+    fn relay_uses_configured_api_prefix_and_authority() {
+        let cfg = config_with(
+            r#","api_prefix":"/q/","bridge_authority":"b.internal","bridge_timeout_ms":250"#,
+        );
+        let mut host = FakeHost::request("GET", "/api/v1/status/abc");
+        let mut f = HttpFilter::new(Rc::clone(&cfg));
+        assert_eq!(f.on_request_headers(&mut host, true), Action::Continue);
+        let mut host = FakeHost::request("GET", "/q/status/abc");
+        let mut f = HttpFilter::new(cfg);
+        assert_eq!(f.on_request_headers(&mut host, true), Action::Pause);
+        let call = host.only_call();
+        assert_eq!(call.timeout, Duration::from_millis(250));
+        assert!(call
+            .headers
+            .contains(&(":authority".to_string(), "b.internal".to_string())));
+    }
+
+    #[test]
+    fn relay_takes_precedence_over_capture_routes() {
+        let json = r#"{"bridge_cluster":"c","routes":[{"prefix":"/"}]}"#;
+        let cfg = Rc::new(Config::parse(json.as_bytes()).unwrap());
+        let mut host = FakeHost::request("GET", "/api/v1/status/x");
+        let mut f = HttpFilter::new(Rc::clone(&cfg));
+        f.on_request_headers(&mut host, true);
+        assert_eq!(host.only_call().headers[1].1, "/api/v1/status/x");
+        let mut host = FakeHost::request("GET", "/anything");
+        let mut f = HttpFilter::new(cfg);
+        f.on_request_headers(&mut host, true);
+        assert_eq!(host.only_call().headers[1].1, "/internal/v1/capture");
+    }
+
+    #[test]
+    fn each_capture_gets_its_own_correlation_id() {
+        let mut host = FakeHost::request("POST", "/orders");
+        let mut a = filter();
+        let mut b = filter();
+        a.on_request_headers(&mut host, true);
+        b.on_request_headers(&mut host, true);
+        let ids: Vec<&str> = host.calls.iter().map(|c| c.headers[4].1.as_str()).collect();
+        assert_eq!(ids.len(), 2);
+        assert_ne!(ids[0], ids[1]);
+    }
+
+    #[test]
+    fn stalled_body_is_500_with_a_logged_fix() {
+        let mut host = FakeHost::request("POST", "/orders");
+        let mut f = filter();
+        assert!(!f.awaits_first_body_chunk());
+        assert_eq!(f.on_request_headers(&mut host, false), Action::Pause);
+        assert!(f.awaits_first_body_chunk());
+        f.on_body_stalled(&mut host);
+        let sent = host.only_sent();
+        assert_eq!(sent.status, 500);
+        assert_eq!(sent.header("x-correlation-id"), Some(ID1));
+        assert_eq!(sent.json()["error"], "proxy_misconfigured");
+        assert!(host
+            .logs
+            .iter()
+            .any(|(l, m)| *l == LogLevel::Error && m.contains("allow_on_headers_stop_iteration")));
+        assert!(!f.awaits_first_body_chunk());
+        assert!(host.calls.is_empty());
+    }
+
+    #[test]
+    fn stall_check_ignores_requests_whose_body_arrived() {
+        let mut host = FakeHost::request("POST", "/orders");
+        let mut f = filter();
+        f.on_request_headers(&mut host, false);
+        assert_eq!(f.on_request_body(&mut host, 3, false), Action::Pause);
+        assert!(!f.awaits_first_body_chunk());
+        f.on_body_stalled(&mut host);
+        assert!(host.sent.is_empty());
+        // Nor does it touch pass-through, completed or dispatched requests.
+        let (mut f, mut host) = captured();
+        f.on_body_stalled(&mut host);
+        let mut host = FakeHost::request("GET", "/other");
+        let mut g = filter();
+        g.on_request_headers(&mut host, false);
+        g.on_body_stalled(&mut host);
+        assert!(host.sent.is_empty());
+    }
+
+    #[test]
+    fn trailers_count_as_body_arrival() {
+        let mut host = FakeHost::request("POST", "/orders");
+        let mut f = filter();
+        f.on_request_headers(&mut host, false);
+        assert_eq!(f.on_request_trailers(&mut host), Action::Pause);
+        assert!(!f.awaits_first_body_chunk());
+        let (_, body) = frame_parts(host.only_call().body.as_deref().unwrap());
+        assert!(body.is_empty());
+    }
+
+    #[test]
+    fn response_status_parsing() {
+        let h = |v: &[u8]| vec![(":status".to_string(), v.to_vec())];
+        assert_eq!(response_status(&h(b"202")), Some(202));
+        assert_eq!(response_status(&h(b" 404 ")), Some(404));
+        assert_eq!(response_status(&h(b"+20")), None);
+        assert_eq!(response_status(&h(b"099")), None);
+        assert_eq!(response_status(&h(b"\xff")), None);
+        assert_eq!(response_status(&[]), None);
+    }
+}
