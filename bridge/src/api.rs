@@ -9,7 +9,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use openhqm_core::envelope::{
-    parse_capture_frame, Envelope, HttpRequest, Metadata, Source, CAPTURE_CONTENT_TYPE, ENVELOPE_VERSION,
+    parse_capture_frame, Envelope, HttpRequest, Metadata, Source, CAPTURE_CONTENT_TYPE,
+    ENVELOPE_VERSION,
 };
 use openhqm_core::model::{is_valid_correlation_id, RequestRecord, Status, StoredResponse};
 use openhqm_core::queue::{Message, QueueError};
@@ -53,11 +54,20 @@ fn content_type(headers: &HeaderMap) -> Option<String> {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
 }
 
 /// `POST /api/v1/submit`
-pub async fn submit(State(state): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+pub async fn submit(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+) -> Result<Response, ApiError> {
     let limit = state.config.server.max_body_bytes;
     let (headers, body) = read_body(req, limit).await?;
     if let Some(ct) = content_type(&headers) {
@@ -69,8 +79,12 @@ pub async fn submit(State(state): State<Arc<AppState>>, req: Request) -> Result<
             ));
         }
     }
-    let parsed: SubmitRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("request body is not valid JSON for a submission: {e}")))?;
+    let parsed: SubmitRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("request body is not valid JSON for a submission: {e}"),
+        )
+    })?;
     let payload = parsed
         .payload
         .ok_or_else(|| ApiError::bad_request("invalid_request", "`payload` is required"))?;
@@ -85,7 +99,10 @@ pub async fn submit(State(state): State<Arc<AppState>>, req: Request) -> Result<
     }
     if let Some(m) = &metadata.method {
         if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
-            return Err(ApiError::bad_request("invalid_request", "`metadata.method` is not an HTTP method"));
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "`metadata.method` is not an HTTP method",
+            ));
         }
     }
     let traceparent = header_str(&headers, "traceparent");
@@ -104,17 +121,27 @@ pub async fn submit(State(state): State<Arc<AppState>>, req: Request) -> Result<
 }
 
 /// `POST /internal/v1/capture`: a request captured by the filter.
-pub async fn capture(State(state): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
-    let limit = state.config.server.max_body_bytes.saturating_add(CAPTURE_META_ALLOWANCE);
+pub async fn capture(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let limit = state
+        .config
+        .server
+        .max_body_bytes
+        .saturating_add(CAPTURE_META_ALLOWANCE);
     let (headers, frame) = read_body(req, limit).await?;
     if content_type(&headers).as_deref() != Some(CAPTURE_CONTENT_TYPE) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
-            format!("the capture endpoint takes {CAPTURE_CONTENT_TYPE} frames from the OpenHQM filter"),
+            format!(
+                "the capture endpoint takes {CAPTURE_CONTENT_TYPE} frames from the OpenHQM filter"
+            ),
         ));
     }
-    let (meta, body) = parse_capture_frame(&frame).map_err(|e| ApiError::bad_request("invalid_capture", e))?;
+    let (meta, body) =
+        parse_capture_frame(&frame).map_err(|e| ApiError::bad_request("invalid_capture", e))?;
     if body.len() > state.config.server.max_body_bytes {
         return Err(ApiError::too_large(state.config.server.max_body_bytes));
     }
@@ -142,7 +169,10 @@ pub async fn capture(State(state): State<Arc<AppState>>, req: Request) -> Result
 }
 
 fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 /// Record PENDING, publish durably, and only then answer 202.
@@ -163,7 +193,11 @@ async fn accept(state: &AppState, envelope: Envelope) -> Result<Response, ApiErr
         }
         Err(e) => {
             tracing::error!(correlation_id = %id, error = %e, "result store write failed");
-            return Err(ApiError::unavailable("store_unavailable", "the result store is unavailable; retry later", retry_after));
+            return Err(ApiError::unavailable(
+                "store_unavailable",
+                "the result store is unavailable; retry later",
+                retry_after,
+            ));
         }
     }
     let message = Message {
@@ -178,7 +212,11 @@ async fn accept(state: &AppState, envelope: Envelope) -> Result<Response, ApiErr
         let _ = state.store.delete(&id).await;
         return Err(match e {
             QueueError::TooLarge { max, .. } => {
-                state.metrics.publish.with_label_values(&[&queue_name, "too_large"]).inc();
+                state
+                    .metrics
+                    .publish
+                    .with_label_values(&[&queue_name, "too_large"])
+                    .inc();
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "payload_too_large",
@@ -186,13 +224,25 @@ async fn accept(state: &AppState, envelope: Envelope) -> Result<Response, ApiErr
                 )
             }
             other => {
-                state.metrics.publish.with_label_values(&[&queue_name, "error"]).inc();
+                state
+                    .metrics
+                    .publish
+                    .with_label_values(&[&queue_name, "error"])
+                    .inc();
                 tracing::error!(correlation_id = %id, error = %other, "publish failed");
-                ApiError::unavailable("queue_unavailable", "the queue is unavailable; the request was not accepted, retry later", retry_after)
+                ApiError::unavailable(
+                    "queue_unavailable",
+                    "the queue is unavailable; the request was not accepted, retry later",
+                    retry_after,
+                )
             }
         });
     }
-    state.metrics.publish.with_label_values(&[&queue_name, "ok"]).inc();
+    state
+        .metrics
+        .publish
+        .with_label_values(&[&queue_name, "ok"])
+        .inc();
     let source = match envelope.source {
         Source::Filter => "filter",
         Source::Api => "api",
@@ -229,7 +279,9 @@ async fn lookup(state: &AppState, id: &str) -> Result<RequestRecord, ApiError> {
     }
     match state.store.get(id).await {
         Ok(Some(r)) => Ok(r),
-        Ok(None) => Err(ApiError::not_found("no request with this correlation ID (unknown or expired)")),
+        Ok(None) => Err(ApiError::not_found(
+            "no request with this correlation ID (unknown or expired)",
+        )),
         Err(e) => {
             tracing::error!(correlation_id = %id, error = %e, "result store read failed");
             Err(ApiError::unavailable(
@@ -251,19 +303,28 @@ fn status_body(r: &RequestRecord) -> Value {
 }
 
 /// `GET /api/v1/status/{id}`
-pub async fn status(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn status(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let record = lookup(&state, &id).await?;
     Ok(Json(status_body(&record)).into_response())
 }
 
 /// `GET /api/v1/response/{id}`: 200 with the result once final, else 202.
-pub async fn response(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn response(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let record = lookup(&state, &id).await?;
     if !record.status.is_final() {
         return Ok(with_headers(
             (StatusCode::ACCEPTED, Json(status_body(&record))).into_response(),
             &[
-                ("retry-after", state.config.server.retry_after_seconds.to_string()),
+                (
+                    "retry-after",
+                    state.config.server.retry_after_seconds.to_string(),
+                ),
                 ("location", format!("/api/v1/response/{id}")),
             ],
         ));
@@ -335,7 +396,11 @@ fn result_value(resp: &StoredResponse) -> (Value, Option<&'static str>) {
 /// `GET /health` and `/health/ready`: healthy only when queue and store answer.
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     let queue_ok = state.requests.depth().await.is_ok();
-    let store_ok = state.store.get("00000000-0000-0000-0000-000000000000").await.is_ok();
+    let store_ok = state
+        .store
+        .get("00000000-0000-0000-0000-000000000000")
+        .await
+        .is_ok();
     let healthy = queue_ok && store_ok;
     let body = json!({
         "status": if healthy { "healthy" } else { "unhealthy" },
@@ -346,7 +411,11 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
             "result_store": if store_ok { "ok" } else { "unavailable" },
         },
     });
-    let code = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body)).into_response()
 }
 
@@ -360,8 +429,10 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     if let Ok(depth) = state.requests.depth().await {
         let q = state.requests.name();
         let g = &state.metrics.queue_depth;
-        g.with_label_values(&[q, "ready"]).set(i64::try_from(depth.ready).unwrap_or(i64::MAX));
-        g.with_label_values(&[q, "in_flight"]).set(i64::try_from(depth.in_flight).unwrap_or(i64::MAX));
+        g.with_label_values(&[q, "ready"])
+            .set(i64::try_from(depth.ready).unwrap_or(i64::MAX));
+        g.with_label_values(&[q, "in_flight"])
+            .set(i64::try_from(depth.in_flight).unwrap_or(i64::MAX));
     }
     let mut resp = Response::new(Body::from(state.metrics.render()));
     resp.headers_mut().insert(
@@ -376,5 +447,9 @@ pub async fn not_found() -> ApiError {
 }
 
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
 }

@@ -44,7 +44,10 @@ impl ApiError {
     }
 
     pub fn invalid_id() -> Self {
-        Self::bad_request("invalid_correlation_id", "correlation IDs are UUIDs such as 67e55044-10b1-426f-9247-bb680e5fe0c8")
+        Self::bad_request(
+            "invalid_correlation_id",
+            "correlation IDs are UUIDs such as 67e55044-10b1-426f-9247-bb680e5fe0c8",
+        )
     }
 
     pub fn not_found(detail: impl Into<String>) -> Self {

@@ -34,7 +34,10 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(api::metrics))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            metrics::track,
+        ))
         .with_state(state)
 }
 
@@ -54,12 +57,21 @@ async fn main() {
     let requests = backend
         .open(&config.queue.request_queue_name)
         .await
-        .unwrap_or_else(|e| fail(format!("cannot open queue `{}`: {e}", config.queue.request_queue_name)));
+        .unwrap_or_else(|e| {
+            fail(format!(
+                "cannot open queue `{}`: {e}",
+                config.queue.request_queue_name
+            ))
+        });
     let store = openhqm_core::open_result_store(&config).unwrap_or_else(|e| fail(e));
     let addr = format!("{}:{}", config.server.host, config.server.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
-        .unwrap_or_else(|e| fail(format!("cannot listen on {addr} (server.host/server.port): {e}")));
+        .unwrap_or_else(|e| {
+            fail(format!(
+                "cannot listen on {addr} (server.host/server.port): {e}"
+            ))
+        });
 
     let state = Arc::new(AppState {
         ttl: Duration::from_secs(config.cache.ttl_seconds),

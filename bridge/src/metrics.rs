@@ -23,28 +23,45 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let http_requests = IntCounterVec::new(
-            Opts::new("openhqm_http_requests_total", "HTTP requests answered by the bridge"),
+            Opts::new(
+                "openhqm_http_requests_total",
+                "HTTP requests answered by the bridge",
+            ),
             &["route", "method", "status"],
         )
         .expect("valid metric");
         let http_duration = HistogramVec::new(
-            HistogramOpts::new("openhqm_http_request_duration_seconds", "Bridge request latency")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            HistogramOpts::new(
+                "openhqm_http_request_duration_seconds",
+                "Bridge request latency",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
             &["route"],
         )
         .expect("valid metric");
         let accepted = IntCounterVec::new(
-            Opts::new("openhqm_requests_accepted_total", "Requests made durable and answered 202"),
+            Opts::new(
+                "openhqm_requests_accepted_total",
+                "Requests made durable and answered 202",
+            ),
             &["source"],
         )
         .expect("valid metric");
         let publish = IntCounterVec::new(
-            Opts::new("openhqm_queue_publish_total", "Queue publish attempts by outcome"),
+            Opts::new(
+                "openhqm_queue_publish_total",
+                "Queue publish attempts by outcome",
+            ),
             &["queue", "result"],
         )
         .expect("valid metric");
         let queue_depth = IntGaugeVec::new(
-            Opts::new("openhqm_queue_depth", "Messages in the queue (ready or in flight)"),
+            Opts::new(
+                "openhqm_queue_depth",
+                "Messages in the queue (ready or in flight)",
+            ),
             &["queue", "state"],
         )
         .expect("valid metric");

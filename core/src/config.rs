@@ -364,30 +364,37 @@ impl Config {
     }
 
     /// Load from YAML text (if any) and `(name, value)` environment pairs.
-    pub fn from_sources(yaml: Option<&str>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    pub fn from_sources(
+        yaml: Option<&str>,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
         let mut tree = match yaml {
             Some(text) if !text.trim().is_empty() => serde_yaml::from_str::<Value>(text)
                 .map_err(|e| ConfigError::new("", format!("config file is not valid YAML: {e}")))?,
             _ => Value::Mapping(Mapping::new()),
         };
         if !tree.is_mapping() {
-            return Err(ConfigError::new("", "config file must be a YAML mapping of sections"));
+            return Err(ConfigError::new(
+                "",
+                "config file must be a YAML mapping of sections",
+            ));
         }
-        let lookup = |name: &str| {
-            env.iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        };
+        let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         expand_vars(&mut tree, "", &lookup)?;
         let mut env_keys = BTreeSet::new();
         for (name, raw) in env {
-            let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
             if !rest.contains("__") {
                 continue; // e.g. OPENHQM_CONFIG: not an override
             }
             let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
             if path.iter().any(|s| s.is_empty()) {
-                return Err(ConfigError::new(name.clone(), "empty section or key in variable name"));
+                return Err(ConfigError::new(
+                    name.clone(),
+                    "empty section or key in variable name",
+                ));
             }
             let mut value = typed_env_value(raw);
             expand_vars(&mut value, &path.join("."), &lookup)?;
@@ -412,16 +419,28 @@ impl Config {
             }
         }
         if q.dlq_name == q.request_queue_name {
-            return Err(ConfigError::new("queue.dlq_name", "must differ from queue.request_queue_name"));
+            return Err(ConfigError::new(
+                "queue.dlq_name",
+                "must differ from queue.request_queue_name",
+            ));
         }
         if q.kind == QueueType::Embedded && q.data_dir.as_os_str().is_empty() {
-            return Err(ConfigError::new("queue.data_dir", "must name a directory for the embedded queue"));
+            return Err(ConfigError::new(
+                "queue.data_dir",
+                "must name a directory for the embedded queue",
+            ));
         }
         if q.max_message_bytes == 0 {
-            return Err(ConfigError::new("queue.max_message_bytes", "must be greater than 0"));
+            return Err(ConfigError::new(
+                "queue.max_message_bytes",
+                "must be greater than 0",
+            ));
         }
         if self.server.max_body_bytes == 0 {
-            return Err(ConfigError::new("server.max_body_bytes", "must be greater than 0"));
+            return Err(ConfigError::new(
+                "server.max_body_bytes",
+                "must be greater than 0",
+            ));
         }
         let w = &self.worker;
         if w.batch_size == 0 {
@@ -431,13 +450,22 @@ impl Config {
             return Err(ConfigError::new("worker.concurrency", "must be at least 1"));
         }
         if w.timeout_seconds == 0 {
-            return Err(ConfigError::new("worker.timeout_seconds", "must be at least 1"));
+            return Err(ConfigError::new(
+                "worker.timeout_seconds",
+                "must be at least 1",
+            ));
         }
         if w.lease_seconds == 0 {
-            return Err(ConfigError::new("worker.lease_seconds", "must be at least 1"));
+            return Err(ConfigError::new(
+                "worker.lease_seconds",
+                "must be at least 1",
+            ));
         }
         if !(w.retry_delay_base.is_finite() && w.retry_delay_base >= 0.0) {
-            return Err(ConfigError::new("worker.retry_delay_base", "must be a number of seconds >= 0"));
+            return Err(ConfigError::new(
+                "worker.retry_delay_base",
+                "must be a number of seconds >= 0",
+            ));
         }
         if !(w.retry_delay_max.is_finite() && w.retry_delay_max >= w.retry_delay_base) {
             return Err(ConfigError::new(
@@ -457,23 +485,26 @@ impl Config {
             check_url(&ep.url).map_err(|m| ConfigError::new(format!("{key}.url"), m))?;
             check_method(&ep.method).map_err(|m| ConfigError::new(format!("{key}.method"), m))?;
             if ep.timeout == Some(0) {
-                return Err(ConfigError::new(format!("{key}.timeout"), "must be at least 1 second"));
+                return Err(ConfigError::new(
+                    format!("{key}.timeout"),
+                    "must be at least 1 second",
+                ));
             }
             check_auth(ep).map_err(|m| ConfigError::new(format!("{key}.auth_type"), m))?;
         }
         if self.proxy.enabled {
             match &self.proxy.default_endpoint {
-                None => {
-                    return Err(ConfigError::new(
-                        "proxy.default_endpoint",
-                        "proxy mode is enabled: name an endpoint from proxy.endpoints (or give a URL)",
-                    ))
-                }
+                None => return Err(ConfigError::new(
+                    "proxy.default_endpoint",
+                    "proxy mode is enabled: name an endpoint from proxy.endpoints (or give a URL)",
+                )),
                 Some(d) if !self.proxy.endpoints.contains_key(d) => {
                     check_url(d).map_err(|m| {
                         ConfigError::new(
                             "proxy.default_endpoint",
-                            format!("`{d}` is neither a name in proxy.endpoints nor a valid URL ({m})"),
+                            format!(
+                                "`{d}` is neither a name in proxy.endpoints nor a valid URL ({m})"
+                            ),
                         )
                     })?;
                 }
@@ -481,7 +512,11 @@ impl Config {
             }
         }
         let level = self.monitoring.log_level.to_ascii_lowercase();
-        if !["trace", "debug", "info", "warn", "warning", "error", "critical"].contains(&level.as_str()) {
+        if ![
+            "trace", "debug", "info", "warn", "warning", "error", "critical",
+        ]
+        .contains(&level.as_str())
+        {
             return Err(ConfigError::new(
                 "monitoring.log_level",
                 "must be one of TRACE, DEBUG, INFO, WARN, ERROR",
@@ -611,12 +646,19 @@ fn deserialize_lenient(
     env: &[(String, String)],
     env_keys: &BTreeSet<Vec<String>>,
 ) -> Result<Config, ConfigError> {
+    // The first error seen at each key: if reading a value as text does not
+    // help either, the original complaint is the clearer one.
+    let mut first_errors: Vec<(String, String)> = Vec::new();
     for _ in 0..=env_keys.len() {
         let attempt: Result<Config, _> = serde_path_to_error::deserialize(tree.clone());
         match attempt {
             Ok(c) => return Ok(c),
             Err(err) => {
                 let path = err.path().to_string();
+                if let Some((_, msg)) = first_errors.iter().find(|(p, _)| *p == path) {
+                    return Err(ConfigError::new(path.clone(), msg.clone()));
+                }
+                first_errors.push((path.clone(), err.inner().to_string()));
                 let segs: Vec<String> = path.split('.').map(str::to_string).collect();
                 let is_env_scalar = env_keys.contains(&segs)
                     && get_path_mut(&mut tree, &segs)
@@ -641,7 +683,10 @@ fn deserialize_lenient(
             }
         }
     }
-    Err(ConfigError::new("", "could not interpret the configuration"))
+    Err(ConfigError::new(
+        "",
+        "could not interpret the configuration",
+    ))
 }
 
 /// Expand `${VAR}` / `${VAR:-default}` in every string below `tree`.
@@ -658,9 +703,16 @@ fn expand_vars(
             for (k, v) in map.iter_mut() {
                 let name = match k {
                     Value::String(s) => s.clone(),
-                    other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
+                    other => serde_yaml::to_string(other)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string(),
                 };
-                let child = if key.is_empty() { name } else { format!("{key}.{name}") };
+                let child = if key.is_empty() {
+                    name
+                } else {
+                    format!("{key}.{name}")
+                };
                 expand_vars(v, &child, lookup)?;
             }
         }
@@ -696,8 +748,8 @@ fn expand_str(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String
             (None, Some(d)) => out.push_str(d),
             (None, None) => {
                 return Err(format!(
-                    "refers to ${{{name}}}, which is not set (set it, or write ${{{name}:-default}})"
-                ))
+                "refers to ${{{name}}}, which is not set (set it, or write ${{{name}:-default}})"
+            ))
             }
         }
         rest = &after[end + 1..];
@@ -711,7 +763,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -790,16 +845,29 @@ mod tests {
         assert_eq!(err.key, "queue.typo");
         assert!(err.message.contains("typo"), "{err}");
 
-        let err = Config::from_sources(None, &env(&[("OPENHQM_SERVER__PORT", "eighty")])).unwrap_err();
+        let err =
+            Config::from_sources(None, &env(&[("OPENHQM_SERVER__PORT", "eighty")])).unwrap_err();
         assert_eq!(err.key, "server.port");
 
-        let err = Config::from_sources(None, &env(&[("OPENHQM_QUEUE__TYPE", "rabbit")])).unwrap_err();
+        let err =
+            Config::from_sources(None, &env(&[("OPENHQM_WORKER__MAX_RETRIES", "-1")])).unwrap_err();
+        assert_eq!(err.key, "worker.max_retries");
+        assert!(err.message.contains("-1"), "{err}");
+        assert!(
+            !err.message.contains("string"),
+            "the numeric complaint is clearer: {err}"
+        );
+
+        let err =
+            Config::from_sources(None, &env(&[("OPENHQM_QUEUE__TYPE", "rabbit")])).unwrap_err();
         assert_eq!(err.key, "queue.type");
 
-        let err = Config::from_sources(None, &env(&[("OPENHQM_WORKER__BATCH_SIZE", "0")])).unwrap_err();
+        let err =
+            Config::from_sources(None, &env(&[("OPENHQM_WORKER__BATCH_SIZE", "0")])).unwrap_err();
         assert_eq!(err.key, "worker.batch_size");
 
-        let err = Config::from_sources(None, &env(&[("OPENHQM_PROXY__ENABLED", "true")])).unwrap_err();
+        let err =
+            Config::from_sources(None, &env(&[("OPENHQM_PROXY__ENABLED", "true")])).unwrap_err();
         assert_eq!(err.key, "proxy.default_endpoint");
 
         let err = Config::from_sources(
@@ -823,6 +891,9 @@ mod tests {
     #[test]
     fn display_names_key_and_fix() {
         let e = ConfigError::new("queue.type", "unknown variant");
-        assert_eq!(e.to_string(), "invalid configuration: `queue.type`: unknown variant");
+        assert_eq!(
+            e.to_string(),
+            "invalid configuration: `queue.type`: unknown variant"
+        );
     }
 }

@@ -70,7 +70,10 @@ impl HttpRequest {
             .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
             .collect();
         for (k, v) in &self.headers_b64 {
-            out.push((k.clone(), decode_base64(v).map_err(|e| format!("header {k}: {e}"))?));
+            out.push((
+                k.clone(),
+                decode_base64(v).map_err(|e| format!("header {k}: {e}"))?,
+            ));
         }
         Ok(out)
     }
@@ -209,10 +212,25 @@ mod tests {
     fn bad_frames_are_refused() {
         assert!(parse_capture_frame(b"no newline").is_err());
         assert!(parse_capture_frame(b"{not json}\nbody").is_err());
-        assert!(parse_capture_frame(&frame(r#"{"v":2,"correlation_id":"x","method":"GET","path":"/"}"#, b"")).is_err());
-        assert!(parse_capture_frame(&frame(r#"{"v":1,"correlation_id":"x","method":"GET","path":"rel"}"#, b"")).is_err());
-        assert!(parse_capture_frame(&frame(r#"{"v":1,"correlation_id":"x","method":"GET","path":"/","headers_b64":[["a","!!"]]}"#, b"")).is_err());
-        let empty = frame(r#"{"v":1,"correlation_id":"x","method":"GET","path":"/"}"#, b"");
+        assert!(parse_capture_frame(&frame(
+            r#"{"v":2,"correlation_id":"x","method":"GET","path":"/"}"#,
+            b""
+        ))
+        .is_err());
+        assert!(parse_capture_frame(&frame(
+            r#"{"v":1,"correlation_id":"x","method":"GET","path":"rel"}"#,
+            b""
+        ))
+        .is_err());
+        assert!(parse_capture_frame(&frame(
+            r#"{"v":1,"correlation_id":"x","method":"GET","path":"/","headers_b64":[["a","!!"]]}"#,
+            b""
+        ))
+        .is_err());
+        let empty = frame(
+            r#"{"v":1,"correlation_id":"x","method":"GET","path":"/"}"#,
+            b"",
+        );
         let (_, body) = parse_capture_frame(&empty).unwrap();
         assert!(body.is_empty());
     }
@@ -226,7 +244,9 @@ mod tests {
             source: Source::Api,
             metadata: Metadata {
                 endpoint: Some("orders".into()),
-                extra: [("callback".to_string(), serde_json::json!("x"))].into_iter().collect(),
+                extra: [("callback".to_string(), serde_json::json!("x"))]
+                    .into_iter()
+                    .collect(),
                 ..Default::default()
             },
             traceparent: None,

@@ -27,9 +27,12 @@ use store::ResultStore;
 pub fn open_queue_backend(config: &Config) -> Result<Arc<dyn QueueBackend>, ConfigError> {
     match config.queue.kind {
         #[cfg(feature = "embedded")]
-        QueueType::Embedded => queue::embedded::EmbeddedBackend::open(&config.queue.data_dir, config.queue.max_message_bytes)
-            .map(|b| Arc::new(b) as Arc<dyn QueueBackend>)
-            .map_err(|e| ConfigError::new("queue.data_dir", e.to_string())),
+        QueueType::Embedded => queue::embedded::EmbeddedBackend::open(
+            &config.queue.data_dir,
+            config.queue.max_message_bytes,
+        )
+        .map(|b| Arc::new(b) as Arc<dyn QueueBackend>)
+        .map_err(|e| ConfigError::new("queue.data_dir", e.to_string())),
         other => Err(ConfigError::new(
             "queue.type",
             format!(
@@ -45,9 +48,11 @@ pub fn open_queue_backend(config: &Config) -> Result<Arc<dyn QueueBackend>, Conf
 pub fn open_result_store(config: &Config) -> Result<Arc<dyn ResultStore>, ConfigError> {
     match config.cache.kind {
         #[cfg(feature = "embedded")]
-        CacheType::Embedded | CacheType::Memory => store::embedded::EmbeddedStore::open(&config.queue.data_dir)
-            .map(|s| Arc::new(s) as Arc<dyn ResultStore>)
-            .map_err(|e| ConfigError::new("queue.data_dir", e.to_string())),
+        CacheType::Embedded | CacheType::Memory => {
+            store::embedded::EmbeddedStore::open(&config.queue.data_dir)
+                .map(|s| Arc::new(s) as Arc<dyn ResultStore>)
+                .map_err(|e| ConfigError::new("queue.data_dir", e.to_string()))
+        }
         #[allow(unreachable_patterns)]
         _ => Err(ConfigError::new(
             "cache.type",

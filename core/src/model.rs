@@ -164,14 +164,19 @@ mod tests {
 
     #[test]
     fn status_serializes_as_the_api_says() {
-        assert_eq!(serde_json::to_string(&Status::Processing).unwrap(), "\"PROCESSING\"");
+        assert_eq!(
+            serde_json::to_string(&Status::Processing).unwrap(),
+            "\"PROCESSING\""
+        );
         assert!(Status::Completed.is_final() && Status::Timeout.is_final());
         assert!(!Status::Pending.is_final());
     }
 
     #[test]
     fn correlation_ids() {
-        assert!(is_valid_correlation_id("67e55044-10b1-426f-9247-bb680e5fe0c8"));
+        assert!(is_valid_correlation_id(
+            "67e55044-10b1-426f-9247-bb680e5fe0c8"
+        ));
         assert!(!is_valid_correlation_id("67e5504410b1426f9247bb680e5fe0c8"));
         assert!(!is_valid_correlation_id("not-a-uuid"));
         assert!(!is_valid_correlation_id(""));

@@ -46,7 +46,9 @@ impl StatusSet {
 fn parse_status(s: &str, item: &str) -> Result<u16, String> {
     match s.trim().parse::<u16>() {
         Ok(n @ 100..=599) => Ok(n),
-        _ => Err(format!("`{item}` is not an HTTP status (100-599), class (5xx) or range (500-504)")),
+        _ => Err(format!(
+            "`{item}` is not an HTTP status (100-599), class (5xx) or range (500-504)"
+        )),
     }
 }
 
@@ -91,7 +93,12 @@ impl RetryPolicy {
 
     /// The delay before the next attempt: full jitter over the ceiling, or
     /// the backend's `Retry-After` (capped) when it gave one.
-    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>, rng: &mut fastrand::Rng) -> Duration {
+    pub fn delay(
+        &self,
+        attempt: u32,
+        retry_after: Option<Duration>,
+        rng: &mut fastrand::Rng,
+    ) -> Duration {
         if let Some(ra) = retry_after {
             return ra.min(self.cap);
         }
@@ -165,8 +172,14 @@ mod tests {
     fn retry_after_is_honoured_up_to_the_cap() {
         let p = policy();
         let mut rng = fastrand::Rng::with_seed(1);
-        assert_eq!(p.delay(1, Some(Duration::from_secs(7)), &mut rng), Duration::from_secs(7));
-        assert_eq!(p.delay(1, Some(Duration::from_secs(600)), &mut rng), Duration::from_secs(60));
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(7)), &mut rng),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(600)), &mut rng),
+            Duration::from_secs(60)
+        );
         assert_eq!(parse_retry_after(" 12 "), Some(Duration::from_secs(12)));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
     }

@@ -18,7 +18,8 @@ impl SharedDb {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
         }
-        let conn = Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let conn =
+            Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         conn.busy_timeout(Duration::from_secs(30))
             .map_err(|e| e.to_string())?;
         conn.pragma_update(None, "journal_mode", "WAL")

@@ -51,13 +51,26 @@ pub struct Outgoing {
 }
 
 /// Build the backend request for an envelope, or say why it cannot be built.
-pub fn build(config: &Config, env: &Envelope, endpoint: &EndpointConfig, attempt: u32) -> Result<Outgoing, String> {
+pub fn build(
+    config: &Config,
+    env: &Envelope,
+    endpoint: &EndpointConfig,
+    attempt: u32,
+) -> Result<Outgoing, String> {
     let timeout = Duration::from_secs(endpoint.timeout.unwrap_or(config.worker.timeout_seconds));
-    let strip: Vec<String> = config.proxy.strip_headers.iter().map(|h| h.to_ascii_lowercase()).collect();
+    let strip: Vec<String> = config
+        .proxy
+        .strip_headers
+        .iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
     let mut headers = HeaderMap::new();
     let (method, url, body) = match env.source {
         Source::Filter => {
-            let req = env.request.as_ref().ok_or("filter message without a request")?;
+            let req = env
+                .request
+                .as_ref()
+                .ok_or("filter message without a request")?;
             // Headers named in the client's Connection header are hop-by-hop too.
             let mut hop: Vec<String> = HOP_BY_HOP.iter().map(|s| s.to_string()).collect();
             for (k, v) in &req.headers {
@@ -80,19 +93,34 @@ pub fn build(config: &Config, env: &Envelope, endpoint: &EndpointConfig, attempt
             (req.method.clone(), url, req.body_bytes()?)
         }
         Source::Api => {
-            let payload = env.payload.as_ref().ok_or("api message without a payload")?;
-            let forward: Vec<String> = config.proxy.forward_headers.iter().map(|h| h.to_ascii_lowercase()).collect();
+            let payload = env
+                .payload
+                .as_ref()
+                .ok_or("api message without a payload")?;
+            let forward: Vec<String> = config
+                .proxy
+                .forward_headers
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect();
             let all = forward.iter().any(|h| h == "*");
             for (name, value) in &env.headers {
                 let lower = name.to_ascii_lowercase();
-                if (all || forward.contains(&lower)) && !strip.contains(&lower) && !HOP_BY_HOP.contains(&lower.as_str()) {
+                if (all || forward.contains(&lower))
+                    && !strip.contains(&lower)
+                    && !HOP_BY_HOP.contains(&lower.as_str())
+                {
                     append(&mut headers, &lower, value.as_bytes())?;
                 }
             }
             if !headers.contains_key("content-type") {
                 headers.insert("content-type", HeaderValue::from_static("application/json"));
             }
-            let method = env.metadata.method.clone().unwrap_or_else(|| endpoint.method.clone());
+            let method = env
+                .metadata
+                .method
+                .clone()
+                .unwrap_or_else(|| endpoint.method.clone());
             let body = serde_json::to_vec(payload).map_err(|e| e.to_string())?;
             (method, endpoint.url.clone(), body)
         }
@@ -118,15 +146,19 @@ pub fn build(config: &Config, env: &Envelope, endpoint: &EndpointConfig, attempt
 }
 
 fn append(headers: &mut HeaderMap, name: &str, value: &[u8]) -> Result<(), String> {
-    let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name `{name}`"))?;
-    let v = HeaderValue::from_bytes(value).map_err(|_| format!("invalid value for header `{name}`"))?;
+    let n = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("invalid header name `{name}`"))?;
+    let v =
+        HeaderValue::from_bytes(value).map_err(|_| format!("invalid value for header `{name}`"))?;
     headers.append(n, v);
     Ok(())
 }
 
 fn set(headers: &mut HeaderMap, name: &str, value: &str) -> Result<(), String> {
-    let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name `{name}`"))?;
-    let v = HeaderValue::from_str(value).map_err(|_| format!("invalid value for header `{name}`"))?;
+    let n = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("invalid header name `{name}`"))?;
+    let v =
+        HeaderValue::from_str(value).map_err(|_| format!("invalid value for header `{name}`"))?;
     headers.insert(n, v);
     Ok(())
 }
@@ -138,24 +170,42 @@ fn apply_auth(headers: &mut HeaderMap, ep: &EndpointConfig) -> Result<(), String
         Some(AuthType::Bearer) => set(headers, "authorization", &format!("Bearer {token}")),
         Some(AuthType::ApiKey) => set(
             headers,
-            &ep.auth_header_name.as_deref().unwrap_or("x-api-key").to_ascii_lowercase(),
+            &ep.auth_header_name
+                .as_deref()
+                .unwrap_or("x-api-key")
+                .to_ascii_lowercase(),
             token,
         ),
         Some(AuthType::Basic) => {
             let user = ep.auth_username.as_deref().unwrap_or_default();
             let pass = ep.auth_password.as_deref().unwrap_or_default();
-            set(headers, "authorization", &format!("Basic {}", encode_base64(format!("{user}:{pass}").as_bytes())))
+            set(
+                headers,
+                "authorization",
+                &format!(
+                    "Basic {}",
+                    encode_base64(format!("{user}:{pass}").as_bytes())
+                ),
+            )
         }
         Some(AuthType::Custom) => set(
             headers,
-            &ep.auth_header_name.as_deref().unwrap_or("authorization").to_ascii_lowercase(),
+            &ep.auth_header_name
+                .as_deref()
+                .unwrap_or("authorization")
+                .to_ascii_lowercase(),
             token,
         ),
     }
 }
 
 /// Send one attempt and classify the outcome.
-pub async fn send(client: &reqwest::Client, out: Outgoing, policy: &RetryPolicy, max_response: usize) -> Attempt {
+pub async fn send(
+    client: &reqwest::Client,
+    out: Outgoing,
+    policy: &RetryPolicy,
+    max_response: usize,
+) -> Attempt {
     let request = client
         .request(out.method, &out.url)
         .headers(out.headers)
@@ -185,7 +235,12 @@ pub async fn send(client: &reqwest::Client, out: Outgoing, policy: &RetryPolicy,
         .headers()
         .iter()
         .filter(|(k, _)| !HOP_BY_HOP.contains(&k.as_str()))
-        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let retry_after = resp
         .headers()
@@ -253,7 +308,10 @@ mod tests {
                 path: "/orders/7".into(),
                 query: Some("x=1&y=%20".into()),
                 authority: Some("shop".into()),
-                headers: headers.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+                headers: headers
+                    .into_iter()
+                    .map(|(k, v)| (k.into(), v.into()))
+                    .collect(),
                 headers_b64: vec![("x-bin".into(), "/w==".into())],
                 body,
                 body_encoding,
@@ -284,9 +342,18 @@ mod tests {
         assert_eq!(out.headers["x-keep"], "yes");
         assert_eq!(out.headers["content-type"], "application/octet-stream");
         assert_eq!(out.headers["x-bin"].as_bytes(), &[0xff]);
-        assert_eq!(out.headers["x-correlation-id"], "67e55044-10b1-426f-9247-bb680e5fe0c8");
+        assert_eq!(
+            out.headers["x-correlation-id"],
+            "67e55044-10b1-426f-9247-bb680e5fe0c8"
+        );
         assert_eq!(out.headers["x-openhqm-attempt"], "2");
-        for gone in ["connection", "x-private", "keep-alive", "transfer-encoding", "host"] {
+        for gone in [
+            "connection",
+            "x-private",
+            "keep-alive",
+            "transfer-encoding",
+            "host",
+        ] {
             assert!(!out.headers.contains_key(gone), "{gone} should be stripped");
         }
     }
@@ -311,9 +378,12 @@ mod tests {
             },
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             payload: Some(serde_json::json!({"a": 1})),
-            headers: [("x-tenant".to_string(), "t1".to_string()), ("x-other".to_string(), "no".to_string())]
-                .into_iter()
-                .collect(),
+            headers: [
+                ("x-tenant".to_string(), "t1".to_string()),
+                ("x-other".to_string(), "no".to_string()),
+            ]
+            .into_iter()
+            .collect(),
             request: None,
         };
         let out = build(&config, &env, &ep, 1).unwrap();
@@ -325,6 +395,9 @@ mod tests {
         assert_eq!(out.headers["x-static"], "1");
         assert_eq!(out.headers["authorization"], "Basic dTpw");
         assert_eq!(out.headers["content-type"], "application/json");
-        assert!(out.headers["traceparent"].to_str().unwrap().starts_with("00-0af7"));
+        assert!(out.headers["traceparent"]
+            .to_str()
+            .unwrap()
+            .starts_with("00-0af7"));
     }
 }

@@ -20,16 +20,27 @@ async fn main() {
     let config = openhqm_core::load_config_or_exit("openhqm-worker");
     openhqm_core::telemetry::init_logging(&config.monitoring);
 
-    let policy = RetryPolicy::from_config(&config.worker).unwrap_or_else(|e| fail(format!("worker retry settings: {e}")));
+    let policy = RetryPolicy::from_config(&config.worker)
+        .unwrap_or_else(|e| fail(format!("worker retry settings: {e}")));
     let backend = openhqm_core::open_queue_backend(&config).unwrap_or_else(|e| fail(e));
     let requests = backend
         .open(&config.queue.request_queue_name)
         .await
-        .unwrap_or_else(|e| fail(format!("cannot open queue `{}`: {e}", config.queue.request_queue_name)));
+        .unwrap_or_else(|e| {
+            fail(format!(
+                "cannot open queue `{}`: {e}",
+                config.queue.request_queue_name
+            ))
+        });
     let dlq = backend
         .open(&config.queue.dlq_name)
         .await
-        .unwrap_or_else(|e| fail(format!("cannot open queue `{}`: {e}", config.queue.dlq_name)));
+        .unwrap_or_else(|e| {
+            fail(format!(
+                "cannot open queue `{}`: {e}",
+                config.queue.dlq_name
+            ))
+        });
     let store = openhqm_core::open_result_store(&config).unwrap_or_else(|e| fail(e));
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(config.worker.concurrency)
@@ -56,7 +67,14 @@ async fn main() {
         openhqm_core::shutdown::signal().await;
         let _ = stop_tx.send(true);
     });
-    let worker = Arc::new(runner::Worker::new(config, requests.clone(), dlq.clone(), store, http, policy));
+    let worker = Arc::new(runner::Worker::new(
+        config,
+        requests.clone(),
+        dlq.clone(),
+        store,
+        http,
+        policy,
+    ));
     worker.run(stop_rx).await;
     let _ = requests.close().await;
     let _ = dlq.close().await;

@@ -77,7 +77,11 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            let batch = match self.requests.receive(held.len(), RECEIVE_WAIT, self.lease).await {
+            let batch = match self
+                .requests
+                .receive(held.len(), RECEIVE_WAIT, self.lease)
+                .await
+            {
                 Ok(b) => {
                     failures = 0;
                     b
@@ -123,8 +127,13 @@ impl Worker {
     async fn drain(&self, mut tasks: JoinSet<()>) {
         let grace = Duration::from_secs(self.config.worker.shutdown_grace_seconds);
         let pending = tasks.len();
-        tracing::info!(in_flight = pending, grace_s = grace.as_secs(), "stopped taking work; draining");
-        let finished = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        tracing::info!(
+            in_flight = pending,
+            grace_s = grace.as_secs(),
+            "stopped taking work; draining"
+        );
+        let finished =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         if finished.is_err() {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
@@ -138,7 +147,9 @@ impl Worker {
         for receipt in &left {
             match self.requests.nack(receipt, Duration::ZERO).await {
                 Ok(()) | Err(QueueError::LeaseLost) => {}
-                Err(e) => tracing::warn!(error = %e, "handing a message back failed; it returns when its lease ends"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "handing a message back failed; it returns when its lease ends")
+                }
             }
         }
         tracing::info!(handed_back = left.len(), "drained");
@@ -159,7 +170,8 @@ impl Worker {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(correlation_id = %id, error = %e, "result store unavailable; retrying later");
-                self.nack(&delivery, self.policy.base.max(Duration::from_secs(1))).await;
+                self.nack(&delivery, self.policy.base.max(Duration::from_secs(1)))
+                    .await;
                 return;
             }
         };
@@ -190,7 +202,11 @@ impl Worker {
                 record.error = None;
                 self.finish(&delivery, record, Some(resp), elapsed).await;
             }
-            Attempt::Retry { error, response, retry_after } if self.policy.has_attempts_left(delivery.attempt) => {
+            Attempt::Retry {
+                error,
+                response,
+                retry_after,
+            } if self.policy.has_attempts_left(delivery.attempt) => {
                 let mut rng = fastrand::Rng::new();
                 let delay = self.policy.delay(delivery.attempt, retry_after, &mut rng);
                 tracing::warn!(correlation_id = %id, attempt = delivery.attempt, %error, retry_in_ms = delay.as_millis() as u64, "attempt failed; will retry");
@@ -201,7 +217,10 @@ impl Worker {
                 let _ = self.store.put(&record, self.ttl).await;
                 self.nack(&delivery, delay).await;
             }
-            Attempt::Retry { error, response, .. } | Attempt::Fail { error, response } => {
+            Attempt::Retry {
+                error, response, ..
+            }
+            | Attempt::Fail { error, response } => {
                 let error = if self.policy.has_attempts_left(delivery.attempt) {
                     error
                 } else {
@@ -221,39 +240,57 @@ impl Worker {
 
     async fn execute(&self, env: &Envelope, attempt: u32) -> Attempt {
         if self.config.proxy.enabled {
-            let Some(endpoint) = self.config.resolve_endpoint(env.metadata.endpoint.as_deref()) else {
+            let Some(endpoint) = self
+                .config
+                .resolve_endpoint(env.metadata.endpoint.as_deref())
+            else {
                 return Attempt::Fail {
                     error: "the message names an endpoint that is not configured".into(),
                     response: None,
                 };
             };
             return match backend_call::build(&self.config, env, &endpoint, attempt) {
-                Ok(out) => backend_call::send(&self.http, out, &self.policy, self.config.proxy.max_response_size).await,
-                Err(e) => Attempt::Fail { error: e, response: None },
+                Ok(out) => {
+                    backend_call::send(
+                        &self.http,
+                        out,
+                        &self.policy,
+                        self.config.proxy.max_response_size,
+                    )
+                    .await
+                }
+                Err(e) => Attempt::Fail {
+                    error: e,
+                    response: None,
+                },
             };
         }
-        let payload = match env.source {
-            Source::Api => env.payload.clone().unwrap_or_default(),
-            Source::Filter => {
-                let body = env.request.as_ref().map(|r| r.body_bytes()).transpose();
-                match body.ok().flatten().map(|b| serde_json::from_slice(&b)) {
-                    Some(Ok(v)) => v,
-                    _ => {
-                        return Attempt::Fail {
-                            error: "the example processor takes a JSON body {\"operation\", \"data\"}".into(),
+        let payload =
+            match env.source {
+                Source::Api => env.payload.clone().unwrap_or_default(),
+                Source::Filter => {
+                    let body = env.request.as_ref().map(|r| r.body_bytes()).transpose();
+                    match body.ok().flatten().map(|b| serde_json::from_slice(&b)) {
+                        Some(Ok(v)) => v,
+                        _ => return Attempt::Fail {
+                            error:
+                                "the example processor takes a JSON body {\"operation\", \"data\"}"
+                                    .into(),
                             response: None,
-                        }
+                        },
                     }
                 }
-            }
-        };
+            };
         match processor::run(&payload) {
             Ok(out) => Attempt::Answered(StoredResponse::new(
                 200,
                 vec![("content-type".into(), "application/json".into())],
                 out.to_string().as_bytes(),
             )),
-            Err(error) => Attempt::Fail { error, response: None },
+            Err(error) => Attempt::Fail {
+                error,
+                response: None,
+            },
         }
     }
 
@@ -269,7 +306,9 @@ impl Worker {
                 match queue.extend_lease(&receipt, lease).await {
                     Ok(()) => {}
                     Err(QueueError::LeaseLost) => {
-                        tracing::warn!("lease lost while processing; the message may be processed twice");
+                        tracing::warn!(
+                            "lease lost while processing; the message may be processed twice"
+                        );
                         return;
                     }
                     Err(e) => tracing::warn!(error = %e, "lease extension failed; will try again"),
@@ -280,7 +319,12 @@ impl Worker {
 
     /// Record the final outcome; true when it is stored (or a final outcome
     /// was already there).
-    async fn finish_record(&self, mut record: RequestRecord, response: Option<StoredResponse>, elapsed: u64) -> bool {
+    async fn finish_record(
+        &self,
+        mut record: RequestRecord,
+        response: Option<StoredResponse>,
+        elapsed: u64,
+    ) -> bool {
         let now = now_rfc3339();
         record.response = response;
         record.processing_time_ms = Some(elapsed);
@@ -295,7 +339,13 @@ impl Worker {
         }
     }
 
-    async fn finish(&self, delivery: &Delivery, record: RequestRecord, response: Option<StoredResponse>, elapsed: u64) {
+    async fn finish(
+        &self,
+        delivery: &Delivery,
+        record: RequestRecord,
+        response: Option<StoredResponse>,
+        elapsed: u64,
+    ) {
         if self.finish_record(record, response, elapsed).await {
             self.ack(delivery).await;
         } else {
@@ -304,7 +354,9 @@ impl Worker {
     }
 
     async fn settle_dead(&self, delivery: &Delivery, error: &str) {
-        if let Err(e) = dead_letter(self.requests.as_ref(), self.dlq.as_ref(), delivery, error).await {
+        if let Err(e) =
+            dead_letter(self.requests.as_ref(), self.dlq.as_ref(), delivery, error).await
+        {
             tracing::warn!(error = %e, "dead-lettering failed; the message will be redelivered");
         }
     }
@@ -315,7 +367,9 @@ impl Worker {
             Err(QueueError::LeaseLost) => {
                 tracing::warn!(message_id = %delivery.message.id, "ack after the lease ended; another worker has it")
             }
-            Err(e) => tracing::warn!(message_id = %delivery.message.id, error = %e, "ack failed; the message will be redelivered"),
+            Err(e) => {
+                tracing::warn!(message_id = %delivery.message.id, error = %e, "ack failed; the message will be redelivered")
+            }
         }
     }
 

@@ -46,7 +46,8 @@ pub struct EmbeddedBackend {
 
 impl EmbeddedBackend {
     pub fn open(data_dir: &Path, max_message_bytes: usize) -> Result<EmbeddedBackend, QueueError> {
-        let db = SharedDb::open(&data_dir.join("queue.db"), SCHEMA).map_err(QueueError::Unavailable)?;
+        let db =
+            SharedDb::open(&data_dir.join("queue.db"), SCHEMA).map_err(QueueError::Unavailable)?;
         Ok(EmbeddedBackend {
             db,
             max_message_bytes,
@@ -95,10 +96,9 @@ fn now() -> i64 {
 
 /// Receipts are `seq:token`.
 fn parse_receipt(r: &Receipt) -> Result<(i64, String), QueueError> {
-    let (seq, token) = r
-        .0
-        .split_once(':')
-        .ok_or_else(|| QueueError::Invalid("malformed receipt".into()))?;
+    let (seq, token) =
+        r.0.split_once(':')
+            .ok_or_else(|| QueueError::Invalid("malformed receipt".into()))?;
     let seq = seq
         .parse::<i64>()
         .map_err(|_| QueueError::Invalid("malformed receipt".into()))?;
@@ -171,7 +171,12 @@ impl EmbeddedQueue {
 
     /// Run a statement that must match the current lease of one message.
     /// `sql` takes `?1` = seq, `?2` = lease token, then `extra`.
-    async fn leased_update(&self, receipt: &Receipt, sql: &'static str, extra: Vec<i64>) -> Result<(), QueueError> {
+    async fn leased_update(
+        &self,
+        receipt: &Receipt,
+        sql: &'static str,
+        extra: Vec<i64>,
+    ) -> Result<(), QueueError> {
         let (seq, token) = parse_receipt(receipt)?;
         let mut values: Vec<rusqlite::types::Value> = vec![seq.into(), token.into()];
         values.extend(extra.into_iter().map(rusqlite::types::Value::from));
@@ -217,7 +222,12 @@ impl Queue for EmbeddedQueue {
         Ok(())
     }
 
-    async fn receive(&self, max: usize, wait: Duration, lease: Duration) -> Result<Vec<Delivery>, QueueError> {
+    async fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+        lease: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
         if max == 0 {
             return Ok(Vec::new());
         }
@@ -236,8 +246,12 @@ impl Queue for EmbeddedQueue {
     }
 
     async fn ack(&self, receipt: &Receipt) -> Result<(), QueueError> {
-        self.leased_update(receipt, "DELETE FROM messages WHERE seq = ?1 AND lease_token = ?2", vec![])
-            .await
+        self.leased_update(
+            receipt,
+            "DELETE FROM messages WHERE seq = ?1 AND lease_token = ?2",
+            vec![],
+        )
+        .await
     }
 
     async fn nack(&self, receipt: &Receipt, delay: Duration) -> Result<(), QueueError> {
@@ -321,12 +335,27 @@ mod tests {
         let q = queue(dir.path()).await;
         let all: Vec<u8> = (0..=255u8).collect();
         q.publish(msg("a", &all)).await.unwrap();
-        assert_eq!(q.depth().await.unwrap(), Depth { ready: 1, in_flight: 0 });
-        let got = q.receive(10, Duration::ZERO, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(
+            q.depth().await.unwrap(),
+            Depth {
+                ready: 1,
+                in_flight: 0
+            }
+        );
+        let got = q
+            .receive(10, Duration::ZERO, Duration::from_secs(30))
+            .await
+            .unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].message.body, all);
         assert_eq!(got[0].attempt, 1);
-        assert_eq!(q.depth().await.unwrap(), Depth { ready: 0, in_flight: 1 });
+        assert_eq!(
+            q.depth().await.unwrap(),
+            Depth {
+                ready: 0,
+                in_flight: 1
+            }
+        );
         q.ack(&got[0].receipt).await.unwrap();
         assert_eq!(q.depth().await.unwrap().total(), 0);
         assert_eq!(q.ack(&got[0].receipt).await, Err(QueueError::LeaseLost));
@@ -337,7 +366,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let q = queue(dir.path()).await;
         let err = q.publish(msg("big", &[0u8; 1025])).await.unwrap_err();
-        assert_eq!(err, QueueError::TooLarge { size: 1025, max: 1024 });
+        assert_eq!(
+            err,
+            QueueError::TooLarge {
+                size: 1025,
+                max: 1024
+            }
+        );
     }
 
     #[tokio::test]
@@ -345,10 +380,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let q = queue(dir.path()).await;
         q.publish(msg("a", b"x")).await.unwrap();
-        let first = q.receive(1, Duration::ZERO, Duration::from_millis(100)).await.unwrap();
-        assert!(q.receive(1, Duration::ZERO, Duration::from_secs(1)).await.unwrap().is_empty());
+        let first = q
+            .receive(1, Duration::ZERO, Duration::from_millis(100))
+            .await
+            .unwrap();
+        assert!(q
+            .receive(1, Duration::ZERO, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_empty());
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let second = q.receive(1, Duration::from_secs(1), Duration::from_secs(30)).await.unwrap();
+        let second = q
+            .receive(1, Duration::from_secs(1), Duration::from_secs(30))
+            .await
+            .unwrap();
         assert_eq!(second.len(), 1);
         assert_eq!(second[0].attempt, 2);
         assert_eq!(q.ack(&first[0].receipt).await, Err(QueueError::LeaseLost));
@@ -360,10 +405,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let q = queue(dir.path()).await;
         q.publish(msg("a", b"x")).await.unwrap();
-        let d = q.receive(1, Duration::ZERO, Duration::from_secs(30)).await.unwrap();
+        let d = q
+            .receive(1, Duration::ZERO, Duration::from_secs(30))
+            .await
+            .unwrap();
         let started = Instant::now();
-        q.nack(&d[0].receipt, Duration::from_millis(300)).await.unwrap();
-        let again = q.receive(1, Duration::from_secs(2), Duration::from_secs(30)).await.unwrap();
+        q.nack(&d[0].receipt, Duration::from_millis(300))
+            .await
+            .unwrap();
+        let again = q
+            .receive(1, Duration::from_secs(2), Duration::from_secs(30))
+            .await
+            .unwrap();
         assert_eq!(again.len(), 1);
         assert!(started.elapsed() >= Duration::from_millis(300));
         assert_eq!(again[0].attempt, 2);
@@ -374,12 +427,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let q = queue(dir.path()).await;
         q.publish(msg("a", b"x")).await.unwrap();
-        let d = q.receive(1, Duration::ZERO, Duration::from_millis(200)).await.unwrap();
+        let d = q
+            .receive(1, Duration::ZERO, Duration::from_millis(200))
+            .await
+            .unwrap();
         for _ in 0..4 {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            q.extend_lease(&d[0].receipt, Duration::from_millis(200)).await.unwrap();
+            q.extend_lease(&d[0].receipt, Duration::from_millis(200))
+                .await
+                .unwrap();
         }
-        assert!(q.receive(1, Duration::ZERO, Duration::from_secs(1)).await.unwrap().is_empty());
+        assert!(q
+            .receive(1, Duration::ZERO, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_empty());
         q.ack(&d[0].receipt).await.unwrap();
     }
 
@@ -394,7 +456,10 @@ mod tests {
         }
         let mut seen = std::collections::BTreeSet::new();
         while seen.len() < 20 {
-            let got = consumer.receive(7, Duration::from_secs(1), Duration::from_secs(30)).await.unwrap();
+            let got = consumer
+                .receive(7, Duration::from_secs(1), Duration::from_secs(30))
+                .await
+                .unwrap();
             assert!(!got.is_empty());
             for d in got {
                 assert!(seen.insert(d.message.id.clone()), "delivered twice");

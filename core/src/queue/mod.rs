@@ -71,7 +71,10 @@ impl fmt::Display for QueueError {
         match self {
             QueueError::Unavailable(m) => write!(f, "queue unavailable: {m}"),
             QueueError::TooLarge { size, max } => {
-                write!(f, "message of {size} bytes exceeds the maximum of {max} bytes")
+                write!(
+                    f,
+                    "message of {size} bytes exceeds the maximum of {max} bytes"
+                )
             }
             QueueError::LeaseLost => write!(f, "lease lost: the message was redelivered"),
             QueueError::Unsupported(what) => write!(f, "not supported by this backend: {what}"),
@@ -94,8 +97,12 @@ pub trait Queue: Send + Sync {
     /// Up to `max` messages, waiting up to `wait` for the first one. Each is
     /// leased for `lease`: unless acked, nacked or extended by then, it is
     /// delivered again (to any consumer).
-    async fn receive(&self, max: usize, wait: Duration, lease: Duration)
-        -> Result<Vec<Delivery>, QueueError>;
+    async fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+        lease: Duration,
+    ) -> Result<Vec<Delivery>, QueueError>;
 
     /// Done: never delivered again. `LeaseLost` if the lease had ended.
     async fn ack(&self, receipt: &Receipt) -> Result<(), QueueError>;
@@ -138,7 +145,8 @@ pub async fn dead_letter(
     error: &str,
 ) -> Result<(), QueueError> {
     let mut msg = delivery.message.clone();
-    msg.attributes.insert(dlq_attr::ERROR.into(), error.to_string());
+    msg.attributes
+        .insert(dlq_attr::ERROR.into(), error.to_string());
     msg.attributes
         .insert(dlq_attr::ATTEMPTS.into(), delivery.attempt.to_string());
     msg.attributes

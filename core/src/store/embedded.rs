@@ -28,7 +28,8 @@ pub struct EmbeddedStore {
 
 impl EmbeddedStore {
     pub fn open(data_dir: &Path) -> Result<EmbeddedStore, StoreError> {
-        let db = SharedDb::open(&data_dir.join("results.db"), SCHEMA).map_err(StoreError::Unavailable)?;
+        let db = SharedDb::open(&data_dir.join("results.db"), SCHEMA)
+            .map_err(StoreError::Unavailable)?;
         Ok(EmbeddedStore { db })
     }
 }
@@ -61,7 +62,11 @@ impl ResultStore for EmbeddedStore {
             })
             .await
             .map_err(StoreError::Unavailable)?;
-        Ok(if changed == 0 { PutOutcome::KeptFinal } else { PutOutcome::Written })
+        Ok(if changed == 0 {
+            PutOutcome::KeptFinal
+        } else {
+            PutOutcome::Written
+        })
     }
 
     async fn get(&self, correlation_id: &str) -> Result<Option<RequestRecord>, StoreError> {
@@ -119,7 +124,10 @@ mod tests {
         assert_eq!(store.put(&rec, ttl).await.unwrap(), PutOutcome::Written);
         rec.status = Status::Processing;
         store.put(&rec, ttl).await.unwrap();
-        assert_eq!(store.get("id-1").await.unwrap().unwrap().status, Status::Processing);
+        assert_eq!(
+            store.get("id-1").await.unwrap().unwrap().status,
+            Status::Processing
+        );
         rec.status = Status::Completed;
         rec.response = Some(StoredResponse::new(200, vec![], b"first"));
         assert_eq!(store.put(&rec, ttl).await.unwrap(), PutOutcome::Written);
