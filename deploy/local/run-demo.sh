@@ -18,21 +18,31 @@ for port in 8000 8080 9000 9901; do
 done
 
 pids=()
+# Components run in their own sessions, so Ctrl-C reaches only this script,
+# which stops them with SIGTERM (the worker then drains its in-flight work).
 cleanup() {
-    trap - INT TERM EXIT
-    echo
-    echo "==> stopping"
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    trap - INT TERM HUP EXIT
+    # Stop the components before printing anything: if our output was a pipe
+    # that Ctrl-C also closed, a write would kill this script (SIGPIPE).
+    trap '' PIPE
+    # Reverse start order, one at a time: Envoy stops taking traffic, the
+    # worker finishes what it holds while the app is still up.
+    local i
+    for (( i=${#pids[@]}-1; i>=0; i-- )); do
+        kill -TERM "${pids[i]}" 2>/dev/null || true
+        wait "${pids[i]}" 2>/dev/null || true
+    done
+    { echo; echo "==> stopped"; } 2>/dev/null || true
 }
-trap cleanup INT TERM EXIT
+trap 'cleanup; exit 130' INT TERM HUP
+trap cleanup EXIT
 
 logs="$OPENHQM_DEMO_DIR/logs"
-"$bin/openhqm-sample-app" --port 8080 >"$logs/sample-app.log" 2>&1 & pids+=($!)
-"$bin/openhqm-bridge" --config deploy/local/openhqm.yaml >"$logs/bridge.log" 2>&1 & pids+=($!)
-"$bin/openhqm-worker" --config deploy/local/openhqm.yaml >"$logs/worker.log" 2>&1 & pids+=($!)
+setsid "$bin/openhqm-sample-app" --port 8080 >"$logs/sample-app.log" 2>&1 & pids+=($!)
+setsid "$bin/openhqm-bridge" --config deploy/local/openhqm.yaml >"$logs/bridge.log" 2>&1 & pids+=($!)
+setsid "$bin/openhqm-worker" --config deploy/local/openhqm.yaml >"$logs/worker.log" 2>&1 & pids+=($!)
 sed "s#target/wasm32-wasip1/wasm-release/openhqm_filter.wasm#$wasm#" envoy/envoy.yaml >"$OPENHQM_DEMO_DIR/envoy.yaml"
-"$envoy" -c "$OPENHQM_DEMO_DIR/envoy.yaml" --disable-hot-restart --log-level warn >"$logs/envoy.log" 2>&1 & pids+=($!)
+setsid "$envoy" -c "$OPENHQM_DEMO_DIR/envoy.yaml" --disable-hot-restart --log-level warn >"$logs/envoy.log" 2>&1 & pids+=($!)
 
 for _ in $(seq 1 100); do
     if curl -fsS -o /dev/null http://127.0.0.1:8000/healthz 2>/dev/null \
