@@ -9,6 +9,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use openhqm_core::config::Config;
 use openhqm_core::queue::Queue;
+use openhqm_core::startup::{open_queue_or_exit, spawn_purge_expired};
 use openhqm_core::store::ResultStore;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,28 +42,22 @@ fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+const PROGRAM: &str = "openhqm-bridge";
+
 fn fail(msg: impl std::fmt::Display) -> ! {
-    eprintln!("openhqm-bridge: {msg}");
-    std::process::exit(2);
+    openhqm_core::startup::fail(PROGRAM, msg)
 }
 
 #[tokio::main]
 async fn main() {
-    let config = openhqm_core::load_config_or_exit("openhqm-bridge");
+    let config = openhqm_core::load_config_or_exit(PROGRAM);
     openhqm_core::telemetry::init_logging(&config.monitoring);
 
     // Everything that can be wrong with the configuration or the broker is
     // found before the port is bound.
     let backend = openhqm_core::open_queue_backend(&config).unwrap_or_else(|e| fail(e));
-    let requests = backend
-        .open(&config.queue.request_queue_name)
-        .await
-        .unwrap_or_else(|e| {
-            fail(format!(
-                "cannot open queue `{}`: {e}",
-                config.queue.request_queue_name
-            ))
-        });
+    let requests =
+        open_queue_or_exit(PROGRAM, backend.as_ref(), &config.queue.request_queue_name).await;
     let store = openhqm_core::open_result_store(&config).unwrap_or_else(|e| fail(e));
     let addr = format!("{}:{}", config.server.host, config.server.port);
     let listener = tokio::net::TcpListener::bind(&addr)
@@ -80,7 +75,7 @@ async fn main() {
         store: store.clone(),
         metrics: Arc::new(metrics::Metrics::new()),
     });
-    tokio::spawn(purge_expired(store));
+    spawn_purge_expired(store);
     tracing::info!(%addr, queue = state.requests.name(), "openhqm-bridge listening");
     let served = axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(openhqm_core::shutdown::signal())
@@ -90,16 +85,4 @@ async fn main() {
         fail(format!("server error: {e}"));
     }
     tracing::info!("openhqm-bridge stopped");
-}
-
-async fn purge_expired(store: Arc<dyn ResultStore>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
-    loop {
-        tick.tick().await;
-        match store.purge_expired().await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(purged = n, "expired results removed"),
-            Err(e) => tracing::warn!(error = %e, "purging expired results failed"),
-        }
-    }
 }

@@ -7,6 +7,7 @@ pub mod model;
 pub mod queue;
 pub mod retry;
 pub mod shutdown;
+pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod time;

@@ -106,14 +106,7 @@ async fn captured_post_completes_through_the_queue_and_other_routes_pass_through
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"status": "ok"}));
 
     // The app served exactly one order: the queued one.
-    let stats: Value = c
-        .get(format!("{}/stats", stack.app_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = stack.app_stats().await;
     assert_eq!(stats["served"], 1);
 }
 
@@ -378,14 +371,7 @@ async fn bridge_outage_answers_503_and_loses_nothing() {
         assert_eq!(result["status"], "COMPLETED", "{result}");
     }
     // Only the two accepted orders reached the app; the refused ones never existed.
-    let stats: Value = c
-        .get(format!("{}/stats", stack.app_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = stack.app_stats().await;
     assert_eq!(stats["served"], 2);
 }
 
@@ -510,14 +496,7 @@ async fn bad_input_gets_clear_json_errors() {
     );
 
     // Nothing of the above reached the app, and nothing was queued.
-    let stats: Value = c
-        .get(format!("{}/stats", stack.app_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = stack.app_stats().await;
     assert_eq!(stats["served"], 0);
 }
 

@@ -344,6 +344,18 @@ impl Stack {
         self.start_envoy().await;
     }
 
+    /// The sample app's own counters: `max_in_flight`, `in_flight`, `served`.
+    pub async fn app_stats(&self) -> Value {
+        client()
+            .get(format!("{}/stats", self.app_url()))
+            .send()
+            .await
+            .expect("GET /stats")
+            .json()
+            .await
+            .expect("stats JSON")
+    }
+
     pub fn proc(&mut self, i: usize) -> &mut Proc {
         &mut self.procs[i]
     }

@@ -6,41 +6,28 @@ mod processor;
 mod runner;
 
 use openhqm_core::retry::RetryPolicy;
+use openhqm_core::startup::{open_queue_or_exit, spawn_purge_expired};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+const PROGRAM: &str = "openhqm-worker";
+
 fn fail(msg: impl std::fmt::Display) -> ! {
-    eprintln!("openhqm-worker: {msg}");
-    std::process::exit(2);
+    openhqm_core::startup::fail(PROGRAM, msg)
 }
 
 #[tokio::main]
 async fn main() {
-    let config = openhqm_core::load_config_or_exit("openhqm-worker");
+    let config = openhqm_core::load_config_or_exit(PROGRAM);
     openhqm_core::telemetry::init_logging(&config.monitoring);
 
     let policy = RetryPolicy::from_config(&config.worker)
         .unwrap_or_else(|e| fail(format!("worker retry settings: {e}")));
     let backend = openhqm_core::open_queue_backend(&config).unwrap_or_else(|e| fail(e));
-    let requests = backend
-        .open(&config.queue.request_queue_name)
-        .await
-        .unwrap_or_else(|e| {
-            fail(format!(
-                "cannot open queue `{}`: {e}",
-                config.queue.request_queue_name
-            ))
-        });
-    let dlq = backend
-        .open(&config.queue.dlq_name)
-        .await
-        .unwrap_or_else(|e| {
-            fail(format!(
-                "cannot open queue `{}`: {e}",
-                config.queue.dlq_name
-            ))
-        });
+    let requests =
+        open_queue_or_exit(PROGRAM, backend.as_ref(), &config.queue.request_queue_name).await;
+    let dlq = open_queue_or_exit(PROGRAM, backend.as_ref(), &config.queue.dlq_name).await;
     let store = openhqm_core::open_result_store(&config).unwrap_or_else(|e| fail(e));
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(config.worker.concurrency)
@@ -54,14 +41,7 @@ async fn main() {
         concurrency = config.worker.concurrency,
         "openhqm-worker started"
     );
-    let purge_store = store.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            tick.tick().await;
-            let _ = purge_store.purge_expired().await;
-        }
-    });
+    spawn_purge_expired(store.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         openhqm_core::shutdown::signal().await;

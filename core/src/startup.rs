@@ -1,0 +1,42 @@
+//! What the bridge and worker binaries share at start-up: failing clearly
+//! before a port is bound, opening queues, and housekeeping tasks.
+
+use crate::queue::{Queue, QueueBackend};
+use crate::store::ResultStore;
+use std::fmt::Display;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Print `program: msg` and exit 2 (configuration or start-up error).
+pub fn fail(program: &str, msg: impl Display) -> ! {
+    eprintln!("{program}: {msg}");
+    std::process::exit(2);
+}
+
+/// Open a named queue or stop the program, naming the queue.
+pub async fn open_queue_or_exit(
+    program: &str,
+    backend: &dyn QueueBackend,
+    name: &str,
+) -> Arc<dyn Queue> {
+    match backend.open(name).await {
+        Ok(q) => q,
+        Err(e) => fail(program, format!("cannot open queue `{name}`: {e}")),
+    }
+}
+
+/// Remove expired results every minute, for stores that do not expire them
+/// themselves.
+pub fn spawn_purge_expired(store: Arc<dyn ResultStore>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            match store.purge_expired().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(purged = n, "expired results removed"),
+                Err(e) => tracing::warn!(error = %e, "purging expired results failed"),
+            }
+        }
+    })
+}
