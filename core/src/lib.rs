@@ -2,6 +2,8 @@
 //! and result-store contracts with their backends, and the retry policy.
 
 pub mod config;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod envelope;
 pub mod model;
 pub mod queue;

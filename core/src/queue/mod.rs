@@ -85,10 +85,57 @@ impl fmt::Display for QueueError {
 
 impl std::error::Error for QueueError {}
 
+/// How a backend provides one property of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Support {
+    /// The broker does it.
+    Native,
+    /// The backend builds it from other broker features; the text says how.
+    Emulated(&'static str),
+    /// Not available; the text says why. The conformance suite skips the
+    /// matching cases and prints this reason.
+    Unsupported(&'static str),
+}
+
+impl Support {
+    pub fn is_available(&self) -> bool {
+        !matches!(self, Support::Unsupported(_))
+    }
+}
+
+/// What a queue backend can do; see the capabilities table in docs/backends.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `nack` with a delay redelivers no earlier than the delay.
+    pub delayed_nack: Support,
+    /// `extend_lease` keeps a slow message from being redelivered.
+    pub lease_extension: Support,
+    /// `depth` reports pending work.
+    pub depth: Support,
+    /// A message held by a consumer that died is delivered to *another*
+    /// consumer (not only to the same consumer identity when it returns).
+    pub redelivery_to_other_consumer: Support,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Capabilities {
+            delayed_nack: Support::Native,
+            lease_extension: Support::Native,
+            depth: Support::Native,
+            redelivery_to_other_consumer: Support::Native,
+        }
+    }
+}
+
 /// One named queue of a backend.
 #[async_trait]
 pub trait Queue: Send + Sync {
     fn name(&self) -> &str;
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
 
     /// Durable when it returns `Ok`: the message survives a crash of this
     /// process and of the broker (as far as the broker's own durability goes).

@@ -48,4 +48,27 @@ pub trait ResultStore: Send + Sync {
 
     /// Drop expired records where the store does not expire them itself.
     async fn purge_expired(&self) -> Result<u64, StoreError>;
+
+    /// Wait up to `timeout` for the record to become final, then return it
+    /// as it is (final or not; `None` if there is none). Stores that can be
+    /// notified (Redis pub/sub) override this; the default looks every
+    /// [`WAIT_POLL_INTERVAL`].
+    async fn wait_final(
+        &self,
+        correlation_id: &str,
+        timeout: Duration,
+    ) -> Result<Option<RequestRecord>, StoreError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let record = self.get(correlation_id).await?;
+            let now = tokio::time::Instant::now();
+            if record.as_ref().is_none_or(|r| r.status.is_final()) || now >= deadline {
+                return Ok(record);
+            }
+            tokio::time::sleep(WAIT_POLL_INTERVAL.min(deadline - now)).await;
+        }
+    }
 }
+
+/// How often the default [`ResultStore::wait_final`] looks at the store.
+pub const WAIT_POLL_INTERVAL: Duration = Duration::from_millis(25);
