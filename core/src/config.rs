@@ -124,6 +124,14 @@ pub struct QueueConfig {
     /// Largest message body a backend accepts; larger ones are refused.
     pub max_message_bytes: usize,
     pub redis_url: String,
+    /// Redis Streams consumer group shared by the worker fleet.
+    pub redis_consumer_group: String,
+    /// This process's consumer name in the group; default host-pid-random.
+    /// A stable name (a StatefulSet pod name) lets a restarted worker take
+    /// back its own pending messages at once instead of after the lease.
+    pub redis_consumer_name: Option<String>,
+    /// MQTT shared-subscription group (`$share/<group>/<topic>`).
+    pub mqtt_shared_group: String,
     // The original's keys for the other backends, accepted so manifests parse;
     // each backend reads its own when it is built in.
     pub kafka_bootstrap_servers: Option<String>,
@@ -159,6 +167,9 @@ impl Default for QueueConfig {
             dlq_name: "openhqm-dlq".into(),
             max_message_bytes: 16 * 1024 * 1024,
             redis_url: "redis://localhost:6379".into(),
+            redis_consumer_group: "openhqm-workers".into(),
+            redis_consumer_name: None,
+            mqtt_shared_group: "openhqm-workers".into(),
             kafka_bootstrap_servers: None,
             kafka_consumer_group: None,
             kafka_topics: None,
@@ -312,6 +323,8 @@ pub struct CacheConfig {
     /// How long a request's status and result are kept.
     pub ttl_seconds: u64,
     pub max_connections: u32,
+    /// Prefix of the Redis keys and channel the result store uses.
+    pub key_prefix: String,
 }
 
 impl Default for CacheConfig {
@@ -321,6 +334,7 @@ impl Default for CacheConfig {
             redis_url: "redis://localhost:6379".into(),
             ttl_seconds: 3600,
             max_connections: 10,
+            key_prefix: "openhqm".into(),
         }
     }
 }

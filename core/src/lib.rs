@@ -36,6 +36,14 @@ pub fn open_queue_backend(config: &Config) -> Result<Arc<dyn QueueBackend>, Conf
         )
         .map(|b| Arc::new(b) as Arc<dyn QueueBackend>)
         .map_err(|e| ConfigError::new("queue.data_dir", e.to_string())),
+        #[cfg(feature = "redis")]
+        QueueType::Redis => queue::redis::RedisBackend::from_config(&config.queue)
+            .map(|b| Arc::new(b) as Arc<dyn QueueBackend>)
+            .map_err(|e| ConfigError::new("queue.redis_url", e.to_string())),
+        #[cfg(feature = "mqtt")]
+        QueueType::Mqtt => queue::mqtt::MqttBackend::from_config(&config.queue)
+            .map(|b| Arc::new(b) as Arc<dyn QueueBackend>)
+            .map_err(|e| ConfigError::new("queue.mqtt_broker_host", e.to_string())),
         other => Err(ConfigError::new(
             "queue.type",
             format!(
@@ -56,10 +64,14 @@ pub fn open_result_store(config: &Config) -> Result<Arc<dyn ResultStore>, Config
                 .map(|s| Arc::new(s) as Arc<dyn ResultStore>)
                 .map_err(|e| ConfigError::new("queue.data_dir", e.to_string()))
         }
+        #[cfg(feature = "redis")]
+        CacheType::Redis => store::redis::RedisStore::from_config(&config.cache)
+            .map(|s| Arc::new(s) as Arc<dyn ResultStore>)
+            .map_err(|e| ConfigError::new("cache.redis_url", e.to_string())),
         #[allow(unreachable_patterns)]
         _ => Err(ConfigError::new(
             "cache.type",
-            "this result store is not available in this build (built in: embedded)",
+            "this result store is not available in this build",
         )),
     }
 }
@@ -68,6 +80,12 @@ pub fn built_in_queue_types() -> Vec<&'static str> {
     let mut v = Vec::new();
     if cfg!(feature = "embedded") {
         v.push("embedded");
+    }
+    if cfg!(feature = "redis") {
+        v.push("redis");
+    }
+    if cfg!(feature = "mqtt") {
+        v.push("mqtt");
     }
     v
 }

@@ -6,6 +6,10 @@
 
 #[cfg(feature = "embedded")]
 pub mod embedded;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use async_trait::async_trait;
 use std::collections::BTreeMap;

@@ -3,6 +3,8 @@
 
 #[cfg(feature = "embedded")]
 pub mod embedded;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use crate::model::RequestRecord;
 use async_trait::async_trait;
