@@ -2,6 +2,7 @@
 //! filter's capture endpoint.
 
 use crate::error::ApiError;
+use crate::prefer::Prefer;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -12,7 +13,7 @@ use openhqm_core::envelope::{
     parse_capture_frame, Envelope, HttpRequest, Metadata, Source, CAPTURE_CONTENT_TYPE,
     ENVELOPE_VERSION,
 };
-use openhqm_core::model::{is_valid_correlation_id, RequestRecord, Status, StoredResponse};
+use openhqm_core::model::{is_valid_correlation_id, result_json, RequestRecord, Status};
 use openhqm_core::queue::{Message, QueueError};
 use openhqm_core::store::PutOutcome;
 use openhqm_core::time::now_rfc3339;
@@ -20,6 +21,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Room for the capture frame's metadata line on top of the body limit.
 const CAPTURE_META_ALLOWANCE: usize = 256 * 1024;
@@ -117,7 +119,7 @@ pub async fn submit(
         headers: parsed.headers.unwrap_or_default(),
         request: None,
     };
-    accept(&state, envelope).await
+    accept(&state, envelope, Prefer::from_headers(&headers)).await
 }
 
 /// `POST /internal/v1/capture`: a request captured by the filter.
@@ -165,7 +167,9 @@ pub async fn capture(
         headers: BTreeMap::new(),
         request: Some(HttpRequest::from_capture(&meta, body)),
     };
-    accept(&state, envelope).await
+    // Captures do not wait here: the filter's callout has a short timeout,
+    // and an accepted request answered after it would look refused.
+    accept(&state, envelope, Prefer::default()).await
 }
 
 fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -175,8 +179,13 @@ fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Record PENDING, publish durably, and only then answer 202.
-async fn accept(state: &AppState, envelope: Envelope) -> Result<Response, ApiError> {
+/// Record PENDING, publish durably, and only then answer 202 (or, with
+/// `Prefer: wait=N`, the final result if it comes within N seconds).
+async fn accept(
+    state: &AppState,
+    envelope: Envelope,
+    prefer: Prefer,
+) -> Result<Response, ApiError> {
     let retry_after = state.config.server.retry_after_seconds;
     let id = envelope.correlation_id.clone();
     let record = RequestRecord::pending(&id, &envelope.submitted_at);
@@ -249,19 +258,56 @@ async fn accept(state: &AppState, envelope: Envelope) -> Result<Response, ApiErr
     };
     state.metrics.accepted.with_label_values(&[source]).inc();
     tracing::info!(correlation_id = %id, source, "accepted");
+    let location = ("location", format!("/api/v1/response/{id}"));
+    let correlation = ("x-correlation-id", id.clone());
+    if let Some(wait) = prefer.wait(state.config.server.max_wait_seconds) {
+        let applied = ("preference-applied", format!("wait={wait}"));
+        match state.store.wait_final(&id, Duration::from_secs(wait)).await {
+            Ok(Some(record)) if record.status.is_final() => {
+                return Ok(with_headers(
+                    Json(result_json(&record)).into_response(),
+                    &[location, correlation, applied],
+                ));
+            }
+            Ok(_) => {}
+            // Accepted all the same: the client fetches the result later.
+            Err(e) => {
+                tracing::warn!(correlation_id = %id, error = %e, "waiting for the result failed")
+            }
+        }
+        let headers = [location, correlation, applied];
+        return Ok(accepted_response(
+            &id,
+            &envelope.submitted_at,
+            retry_after,
+            &headers,
+        ));
+    }
+    let mut headers = vec![location, correlation];
+    if prefer.respond_async {
+        headers.push(("preference-applied", "respond-async".to_string()));
+    }
+    Ok(accepted_response(
+        &id,
+        &envelope.submitted_at,
+        retry_after,
+        &headers,
+    ))
+}
+
+fn accepted_response(
+    id: &str,
+    submitted_at: &str,
+    retry_after: u64,
+    headers: &[(&'static str, String)],
+) -> Response {
     let body = json!({
         "correlation_id": id,
         "status": Status::Pending,
-        "submitted_at": envelope.submitted_at,
+        "submitted_at": submitted_at,
     });
-    Ok(with_headers(
-        (StatusCode::ACCEPTED, Json(body)).into_response(),
-        &[
-            ("location", format!("/api/v1/response/{id}")),
-            ("retry-after", retry_after.to_string()),
-            ("x-correlation-id", id.clone()),
-        ],
-    ))
+    let resp = with_headers((StatusCode::ACCEPTED, Json(body)).into_response(), headers);
+    with_headers(resp, &[("retry-after", retry_after.to_string())])
 }
 
 fn with_headers(mut resp: Response, headers: &[(&'static str, String)]) -> Response {
@@ -312,85 +358,45 @@ pub async fn status(
 }
 
 /// `GET /api/v1/response/{id}`: 200 with the result once final, else 202.
+/// With `Prefer: wait=N` it long-polls: the answer comes as soon as any
+/// worker finishes the request, or after N seconds.
 pub async fn response(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let record = lookup(&state, &id).await?;
+    let mut record = lookup(&state, &id).await?;
+    let mut extra = Vec::new();
+    let cap = state.config.server.max_wait_seconds;
+    if let Some(wait) = Prefer::from_headers(&headers).wait(cap) {
+        extra.push(("preference-applied", format!("wait={wait}")));
+        if !record.status.is_final() {
+            match state.store.wait_final(&id, Duration::from_secs(wait)).await {
+                Ok(Some(r)) => record = r,
+                Ok(None) => {
+                    return Err(ApiError::not_found(
+                        "no request with this correlation ID (unknown or expired)",
+                    ))
+                }
+                Err(e) => {
+                    tracing::warn!(correlation_id = %id, error = %e, "waiting for the result failed")
+                }
+            }
+        }
+    }
     if !record.status.is_final() {
-        return Ok(with_headers(
-            (StatusCode::ACCEPTED, Json(status_body(&record))).into_response(),
-            &[
-                (
-                    "retry-after",
-                    state.config.server.retry_after_seconds.to_string(),
-                ),
-                ("location", format!("/api/v1/response/{id}")),
-            ],
+        extra.push((
+            "retry-after",
+            state.config.server.retry_after_seconds.to_string(),
         ));
+        extra.push(("location", format!("/api/v1/response/{id}")));
+        let resp = (StatusCode::ACCEPTED, Json(status_body(&record))).into_response();
+        return Ok(with_headers(resp, &extra));
     }
-    Ok(Json(result_body(&record)).into_response())
-}
-
-/// The final answer as the original's ResultResponse, extended: `result` is
-/// the backend's body as JSON when it is JSON, else as text (or base64, with
-/// `result_encoding`).
-pub fn result_body(r: &RequestRecord) -> Value {
-    let mut body = json!({
-        "correlation_id": r.correlation_id,
-        "status": r.status,
-        "submitted_at": r.submitted_at,
-        "completed_at": r.completed_at,
-        "processing_time_ms": r.processing_time_ms,
-        "attempts": r.attempts,
-    });
-    if let Some(resp) = &r.response {
-        body["status_code"] = json!(resp.status_code);
-        body["headers"] = headers_object(resp);
-        match result_value(resp) {
-            (v, Some(enc)) => {
-                body["result"] = v;
-                body["result_encoding"] = json!(enc);
-            }
-            (v, None) => body["result"] = v,
-        }
-    } else {
-        body["result"] = Value::Null;
-    }
-    if let Some(err) = &r.error {
-        body["error"] = json!(err);
-    }
-    body
-}
-
-fn headers_object(resp: &StoredResponse) -> Value {
-    let mut map = serde_json::Map::new();
-    for (k, v) in &resp.headers {
-        let key = k.to_ascii_lowercase();
-        match map.get_mut(&key) {
-            Some(Value::String(existing)) => {
-                existing.push_str(", ");
-                existing.push_str(v);
-            }
-            _ => {
-                map.insert(key, json!(v));
-            }
-        }
-    }
-    Value::Object(map)
-}
-
-fn result_value(resp: &StoredResponse) -> (Value, Option<&'static str>) {
-    if resp.body_encoding.is_some() {
-        return (json!(resp.body), Some("base64"));
-    }
-    if resp.body.is_empty() {
-        return (Value::Null, None);
-    }
-    match serde_json::from_str::<Value>(&resp.body) {
-        Ok(v) => (v, None),
-        Err(_) => (json!(resp.body), None),
-    }
+    Ok(with_headers(
+        Json(result_json(&record)).into_response(),
+        &extra,
+    ))
 }
 
 /// `GET /health` and `/health/ready`: healthy only when queue and store answer.

@@ -4,6 +4,7 @@
 mod api;
 mod error;
 mod metrics;
+mod prefer;
 
 use axum::routing::{get, post};
 use axum::Router;

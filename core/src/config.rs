@@ -64,6 +64,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Seconds a client is told to wait (`Retry-After`) on 202 and 503.
     pub retry_after_seconds: u64,
+    /// Longest RFC 7240 `Prefer: wait=N` the bridge honours (long-poll).
+    pub max_wait_seconds: u64,
     /// Accepted for compatibility with the original's manifests; unused.
     pub workers: Option<u32>,
     /// Accepted for compatibility with the original's manifests; unused.
@@ -77,6 +79,7 @@ impl Default for ServerConfig {
             port: 8000,
             max_body_bytes: 10 * 1024 * 1024,
             retry_after_seconds: 1,
+            max_wait_seconds: 30,
             workers: None,
             reload: None,
         }
@@ -221,6 +224,11 @@ pub struct WorkerConfig {
     pub lease_seconds: u64,
     /// On SIGTERM, how long in-flight work may take before it is handed back.
     pub shutdown_grace_seconds: u64,
+    /// Publish every final outcome to `queue.response_queue_name` too (the
+    /// original's response queue), for other systems to consume. Default:
+    /// on for networked backends, off for `embedded`, where nothing else
+    /// would read them and the file would only grow.
+    pub publish_responses: Option<bool>,
 }
 
 impl Default for WorkerConfig {
@@ -237,6 +245,7 @@ impl Default for WorkerConfig {
             no_retry_on_status: vec!["501".into()],
             lease_seconds: 30,
             shutdown_grace_seconds: 30,
+            publish_responses: None,
         }
     }
 }
@@ -537,6 +546,13 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Whether workers publish final outcomes to the response queue.
+    pub fn publishes_responses(&self) -> bool {
+        self.worker
+            .publish_responses
+            .unwrap_or(self.queue.kind != QueueType::Embedded)
     }
 
     /// The endpoint a message is sent to: a named one, or the default.

@@ -142,6 +142,67 @@ impl RequestRecord {
     }
 }
 
+/// The final answer as the original's ResultResponse, extended: `result` is
+/// the backend's body as JSON when it is JSON, else as text (or base64, with
+/// `result_encoding`).
+pub fn result_json(r: &RequestRecord) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "correlation_id": r.correlation_id,
+        "status": r.status,
+        "submitted_at": r.submitted_at,
+        "completed_at": r.completed_at,
+        "processing_time_ms": r.processing_time_ms,
+        "attempts": r.attempts,
+    });
+    if let Some(resp) = &r.response {
+        body["status_code"] = serde_json::json!(resp.status_code);
+        body["headers"] = headers_object(resp);
+        match result_value(resp) {
+            (v, Some(enc)) => {
+                body["result"] = v;
+                body["result_encoding"] = serde_json::json!(enc);
+            }
+            (v, None) => body["result"] = v,
+        }
+    } else {
+        body["result"] = serde_json::Value::Null;
+    }
+    if let Some(err) = &r.error {
+        body["error"] = serde_json::json!(err);
+    }
+    body
+}
+
+fn headers_object(resp: &StoredResponse) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    for (k, v) in &resp.headers {
+        let key = k.to_ascii_lowercase();
+        match map.get_mut(&key) {
+            Some(serde_json::Value::String(existing)) => {
+                existing.push_str(", ");
+                existing.push_str(v);
+            }
+            _ => {
+                map.insert(key, serde_json::json!(v));
+            }
+        }
+    }
+    serde_json::Value::Object(map)
+}
+
+fn result_value(resp: &StoredResponse) -> (serde_json::Value, Option<&'static str>) {
+    if resp.body_encoding.is_some() {
+        return (serde_json::json!(resp.body), Some("base64"));
+    }
+    if resp.body.is_empty() {
+        return (serde_json::Value::Null, None);
+    }
+    match serde_json::from_str::<serde_json::Value>(&resp.body) {
+        Ok(v) => (v, None),
+        Err(_) => (serde_json::json!(resp.body), None),
+    }
+}
+
 /// Correlation IDs are UUIDs; anything else is a client error, not a lookup.
 pub fn is_valid_correlation_id(id: &str) -> bool {
     id.len() == 36 && uuid::Uuid::try_parse(id).is_ok()

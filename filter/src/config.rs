@@ -21,6 +21,8 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_RETRY_AFTER_SECONDS: u64 = 2;
 /// Default public API prefix (for the status/response relay).
 pub const DEFAULT_API_PREFIX: &str = "/api/v1";
+/// Default cap on a client's `Prefer: wait=N` for relayed lookups (30 s).
+pub const DEFAULT_MAX_WAIT_MS: u64 = 30_000;
 
 /// The validated plugin configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +39,8 @@ pub struct Config {
     pub retry_after_seconds: u64,
     /// Public API prefix without a trailing slash (may be empty for "/").
     pub api_prefix: String,
+    /// Longest `Prefer: wait` honoured on a relayed lookup, in milliseconds.
+    pub max_wait_ms: u64,
     /// Capture routes, first match wins.
     pub routes: RouteTable,
 }
@@ -72,6 +76,9 @@ fn default_retry_after_seconds() -> u64 {
 fn default_api_prefix() -> String {
     DEFAULT_API_PREFIX.to_string()
 }
+fn default_max_wait_ms() -> u64 {
+    DEFAULT_MAX_WAIT_MS
+}
 
 /// The configuration exactly as written (before validation).
 #[derive(Debug, Deserialize)]
@@ -88,6 +95,8 @@ struct RawConfig {
     retry_after_seconds: u64,
     #[serde(default = "default_api_prefix")]
     api_prefix: String,
+    #[serde(default = "default_max_wait_ms")]
+    max_wait_ms: u64,
     routes: Vec<RawRoute>,
 }
 
@@ -121,6 +130,15 @@ impl Config {
     pub fn bridge_timeout(&self) -> Duration {
         Duration::from_millis(self.bridge_timeout_ms)
     }
+
+    /// The callout timeout of a relayed lookup that asked to wait
+    /// `wait_seconds` (capped at `max_wait_ms`).
+    pub fn relay_timeout(&self, wait_seconds: Option<u64>) -> Duration {
+        let wait_ms = wait_seconds
+            .map_or(0, |s| s.saturating_mul(1000))
+            .min(self.max_wait_ms);
+        Duration::from_millis(self.bridge_timeout_ms.saturating_add(wait_ms))
+    }
 }
 
 impl RawConfig {
@@ -143,6 +161,18 @@ impl RawConfig {
         }
         if self.max_body_bytes == 0 {
             return err("`max_body_bytes` must be greater than 0");
+        }
+        // The relay's callout timeout is bridge_timeout_ms + the wait.
+        if self
+            .max_wait_ms
+            .checked_add(self.bridge_timeout_ms)
+            .is_none_or(|total| total > u64::from(u32::MAX))
+        {
+            return err(format!(
+                "`max_wait_ms` plus `bridge_timeout_ms` must be at most {} (got {})",
+                u32::MAX,
+                self.max_wait_ms
+            ));
         }
         if !self.api_prefix.starts_with('/') {
             return err(format!(
@@ -169,6 +199,7 @@ impl RawConfig {
             max_body_bytes: self.max_body_bytes,
             retry_after_seconds: self.retry_after_seconds,
             api_prefix,
+            max_wait_ms: self.max_wait_ms,
             routes: RouteTable::new(routes),
         })
     }

@@ -115,6 +115,17 @@ pub fn response_status(headers: &[(String, Vec<u8>)]) -> Option<u32> {
     value.parse().ok().filter(|s| (100..=599).contains(s))
 }
 
+/// The `wait=N` preference of an RFC 7240 `Prefer` header, in seconds.
+pub fn prefer_wait_seconds(prefer: &str) -> Option<u64> {
+    prefer.split(',').find_map(|item| {
+        let (name, value) = item.split_once('=')?;
+        if !name.trim().eq_ignore_ascii_case("wait") {
+            return None;
+        }
+        value.trim().trim_matches('"').parse().ok()
+    })
+}
+
 /// The first value of header `name` when it is valid UTF-8.
 fn header_str<'h>(headers: &'h [(String, Vec<u8>)], name: &str) -> Option<&'h str> {
     headers
@@ -221,7 +232,8 @@ impl HttpFilter {
 
         if method == "GET" && is_relay_path(&config.api_prefix, path) {
             let full_path = full_path.to_string();
-            self.start_relay(host, &full_path);
+            let prefer = header_str(&headers, "prefer").map(str::to_string);
+            self.start_relay(host, &full_path, prefer.as_deref());
             return Action::Pause;
         }
 
@@ -368,20 +380,22 @@ impl HttpFilter {
         }
     }
 
-    fn start_relay<H: Host>(&mut self, host: &mut H, full_path: &str) {
+    /// Forward a status/response lookup. A client's RFC 7240 `Prefer`
+    /// (`wait=N`: long-poll) goes along, and the callout may then take that
+    /// much longer (capped at `max_wait_ms`).
+    fn start_relay<H: Host>(&mut self, host: &mut H, full_path: &str, prefer: Option<&str>) {
         let config = Rc::clone(&self.config);
-        let headers = [
+        let mut headers = vec![
             (":method", "GET"),
             (":path", full_path),
             (":authority", config.bridge_authority.as_str()),
             ("accept", JSON),
         ];
-        match host.dispatch_http_call(
-            &config.bridge_cluster,
-            &headers,
-            None,
-            config.bridge_timeout(),
-        ) {
+        if let Some(prefer) = prefer {
+            headers.push(("prefer", prefer));
+        }
+        let timeout = config.relay_timeout(prefer.and_then(prefer_wait_seconds));
+        match host.dispatch_http_call(&config.bridge_cluster, &headers, None, timeout) {
             Ok(token) => self.state = State::Relaying { token },
             Err(e) => {
                 host.log(
@@ -1097,6 +1111,55 @@ mod tests {
         assert!(call
             .headers
             .contains(&(":authority".to_string(), "b.internal".to_string())));
+    }
+
+    #[test]
+    fn relay_forwards_prefer_wait_and_waits_longer_up_to_the_cap() {
+        let cfg = config_with(r#","bridge_timeout_ms":1000,"max_wait_ms":20000"#);
+        let mut host =
+            FakeHost::request("GET", "/api/v1/response/abc").with_header("prefer", b"wait=5");
+        let mut f = HttpFilter::new(Rc::clone(&cfg));
+        assert_eq!(f.on_request_headers(&mut host, true), Action::Pause);
+        let call = host.only_call();
+        assert!(call
+            .headers
+            .contains(&("prefer".to_string(), "wait=5".to_string())));
+        assert_eq!(call.timeout, Duration::from_millis(6000));
+
+        let mut host = FakeHost::request("GET", "/api/v1/response/abc")
+            .with_header("prefer", b"respond-async, WAIT=\"600\"");
+        let mut f = HttpFilter::new(Rc::clone(&cfg));
+        f.on_request_headers(&mut host, true);
+        assert_eq!(
+            host.only_call().timeout,
+            Duration::from_millis(21000),
+            "capped"
+        );
+
+        let mut host = FakeHost::request("GET", "/api/v1/response/abc");
+        let mut f = HttpFilter::new(cfg);
+        f.on_request_headers(&mut host, true);
+        let call = host.only_call();
+        assert!(!call.headers.iter().any(|(n, _)| n == "prefer"));
+        assert_eq!(call.timeout, Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn prefer_wait_parsing() {
+        assert_eq!(prefer_wait_seconds("wait=10"), Some(10));
+        assert_eq!(prefer_wait_seconds("respond-async, wait=3"), Some(3));
+        assert_eq!(prefer_wait_seconds("Wait = \"7\""), Some(7));
+        assert_eq!(prefer_wait_seconds("respond-async"), None);
+        assert_eq!(prefer_wait_seconds("wait=-1"), None);
+        assert_eq!(prefer_wait_seconds("wait=abc"), None);
+        assert_eq!(prefer_wait_seconds("handling=lenient"), None);
+    }
+
+    #[test]
+    fn max_wait_must_fit_the_callout_timeout() {
+        let e = Config::parse(br#"{"bridge_cluster":"c","routes":[],"max_wait_ms":4294967295}"#)
+            .unwrap_err();
+        assert!(e.0.contains("`max_wait_ms`"), "{e}");
     }
 
     #[test]

@@ -661,3 +661,126 @@ async fn invalid_config_exits_before_binding_and_names_the_key() {
     );
     assert!(p.log_text().contains("/nonexistent.yaml"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefer_wait_returns_the_result_or_falls_back_to_202() {
+    let mut stack = Stack::new("prefer");
+    stack.start_all(10).await;
+    let c = client();
+
+    // Fast enough: the submission's own answer is the final result.
+    let r = c
+        .post(format!("{}/api/v1/submit", stack.bridge_url()))
+        .header("prefer", "wait=10")
+        .json(&json!({"payload": {"item": "pen"}, "metadata": {"endpoint": "orders"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(header(&r, "preference-applied").as_deref(), Some("wait=10"));
+    assert!(header(&r, "location").is_some());
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "COMPLETED", "{body}");
+    assert_eq!(body["result"]["order"], json!({"item": "pen"}));
+
+    // Too slow for the wait: 202 after about the wait, the request still accepted.
+    let started = std::time::Instant::now();
+    let r = c
+        .post(format!("{}/api/v1/submit", stack.bridge_url()))
+        .header("prefer", "wait=1")
+        .json(&json!({
+            "payload": {"item": "slow"},
+            "headers": {"x-sample-delay-ms": "3000"},
+            "metadata": {"endpoint": "orders"}
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(header(&r, "preference-applied").as_deref(), Some("wait=1"));
+    let location = header(&r, "location").unwrap();
+
+    // Long-poll through the sidecar: answered when the worker finishes, not
+    // after the full wait.
+    let started = std::time::Instant::now();
+    let r = c
+        .get(format!("{}{location}", stack.envoy_url()))
+        .header("prefer", "wait=20")
+        .send()
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(header(&r, "preference-applied").as_deref(), Some("wait=20"));
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "COMPLETED");
+    assert!(
+        waited < Duration::from_secs(10),
+        "the long-poll should end at completion, took {waited:?}"
+    );
+
+    // respond-async: always the 202 at once.
+    let r = c
+        .post(format!("{}/api/v1/submit", stack.bridge_url()))
+        .header("prefer", "respond-async, wait=10")
+        .json(&json!({"payload": {}, "metadata": {"endpoint": "orders"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    assert_eq!(
+        header(&r, "preference-applied").as_deref(),
+        Some("respond-async")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn final_outcomes_are_published_to_the_response_queue() {
+    let mut stack = Stack::new("responses");
+    stack.set("OPENHQM_PROXY__ENABLED", "false");
+    stack.set("OPENHQM_WORKER__PUBLISH_RESPONSES", "true");
+    stack.start_bridge().await;
+    stack.start_worker();
+    let c = client();
+    let mut ids = Vec::new();
+    for payload in [
+        json!({"operation": "echo", "data": "hi"}),
+        json!({"operation": "error"}),
+    ] {
+        let r = c
+            .post(format!("{}/api/v1/submit", stack.bridge_url()))
+            .json(&json!({"payload": payload}))
+            .send()
+            .await
+            .unwrap();
+        let location = header(&r, "location").unwrap();
+        await_result(&stack.bridge_url(), &location, RESULT_WAIT).await;
+        ids.push(header(&r, "x-correlation-id").unwrap());
+    }
+    let backend = EmbeddedBackend::open(&stack.data_dir(), 64 << 20).unwrap();
+    let responses = backend.open("openhqm-responses").await.unwrap();
+    let got = responses
+        .receive(10, Duration::from_millis(500), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2, "one response per final outcome");
+    for d in &got {
+        let body: Value = serde_json::from_slice(&d.message.body).unwrap();
+        assert_eq!(body["correlation_id"].as_str(), Some(d.message.id.as_str()));
+        assert_eq!(
+            d.message.attributes["status"],
+            body["status"].as_str().unwrap()
+        );
+    }
+    let by_id = |id: &str| {
+        got.iter()
+            .find(|d| d.message.id == id)
+            .expect("response for every request")
+    };
+    assert_eq!(by_id(&ids[0]).message.attributes["status"], "COMPLETED");
+    assert_eq!(by_id(&ids[1]).message.attributes["status"], "FAILED");
+}

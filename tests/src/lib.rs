@@ -162,7 +162,16 @@ impl Stack {
         stack.set("OPENHQM_PROXY__DEFAULT_ENDPOINT", "app");
         stack.set(
             "OPENHQM_PROXY__ENDPOINTS",
-            &format!(r#"{{"app": {{"url": "http://127.0.0.1:{app_port}", "timeout": 10}}}}"#),
+            // `app` is the sidecar's upstream (captured paths are appended);
+            // `orders` is a full URL for messages from the submit API.
+            &format!(
+                r#"{{"app": {{"url": "http://127.0.0.1:{app_port}", "timeout": 10}},
+                    "orders": {{"url": "http://127.0.0.1:{app_port}/orders", "timeout": 10}}}}"#
+            ),
+        );
+        stack.set(
+            "OPENHQM_PROXY__FORWARD_HEADERS",
+            r#"["content-type", "x-sample-delay-ms", "x-sample-fail-times", "x-sample-fail-status"]"#,
         );
         stack.set("OPENHQM_MONITORING__LOG_FORMAT", "json");
         stack.set("OPENHQM_WORKER__RETRY_DELAY_BASE", "0.05");

@@ -28,6 +28,11 @@ async fn main() {
     let requests =
         open_queue_or_exit(PROGRAM, backend.as_ref(), &config.queue.request_queue_name).await;
     let dlq = open_queue_or_exit(PROGRAM, backend.as_ref(), &config.queue.dlq_name).await;
+    let responses = if config.publishes_responses() {
+        Some(open_queue_or_exit(PROGRAM, backend.as_ref(), &config.queue.response_queue_name).await)
+    } else {
+        None
+    };
     let store = openhqm_core::open_result_store(&config).unwrap_or_else(|e| fail(e));
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(config.worker.concurrency)
@@ -51,6 +56,7 @@ async fn main() {
         config,
         requests.clone(),
         dlq.clone(),
+        responses,
         store,
         http,
         policy,

@@ -6,10 +6,10 @@ use crate::backend_call::{self, Attempt};
 use crate::processor;
 use openhqm_core::config::Config;
 use openhqm_core::envelope::{Envelope, Source};
-use openhqm_core::model::{RequestRecord, Status, StoredResponse};
-use openhqm_core::queue::{dead_letter, Delivery, Queue, QueueError, Receipt};
+use openhqm_core::model::{result_json, RequestRecord, Status, StoredResponse};
+use openhqm_core::queue::{dead_letter, Delivery, Message, Queue, QueueError, Receipt};
 use openhqm_core::retry::RetryPolicy;
-use openhqm_core::store::ResultStore;
+use openhqm_core::store::{PutOutcome, ResultStore};
 use openhqm_core::time::now_rfc3339;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -21,6 +21,8 @@ pub struct Worker {
     pub config: Config,
     pub requests: Arc<dyn Queue>,
     pub dlq: Arc<dyn Queue>,
+    /// Where final outcomes are published, when `publishes_responses`.
+    pub responses: Option<Arc<dyn Queue>>,
     pub store: Arc<dyn ResultStore>,
     pub http: reqwest::Client,
     pub policy: RetryPolicy,
@@ -40,6 +42,7 @@ impl Worker {
         config: Config,
         requests: Arc<dyn Queue>,
         dlq: Arc<dyn Queue>,
+        responses: Option<Arc<dyn Queue>>,
         store: Arc<dyn ResultStore>,
         http: reqwest::Client,
         policy: RetryPolicy,
@@ -50,6 +53,7 @@ impl Worker {
             config,
             requests,
             dlq,
+            responses,
             store,
             http,
             policy,
@@ -175,10 +179,16 @@ impl Worker {
                 return;
             }
         };
-        if existing.as_ref().is_some_and(|r| r.status.is_final()) {
-            // A redelivery of work already finished (the ack was lost).
-            tracing::info!(correlation_id = %id, "already final; acking duplicate delivery");
-            self.ack(&delivery).await;
+        if let Some(done) = existing.as_ref().filter(|r| r.status.is_final()) {
+            // A redelivery of work already finished (the ack, or the response
+            // publish, was lost): no second backend call, but the response is
+            // published again so it is delivered at least once.
+            tracing::info!(correlation_id = %id, "already final; settling duplicate delivery");
+            if self.publish_response(done).await {
+                self.ack(&delivery).await;
+            } else {
+                self.nack(&delivery, Duration::from_secs(1)).await;
+            }
             return;
         }
         let mut record = existing.unwrap_or_else(|| RequestRecord::pending(&id, &env.submitted_at));
@@ -319,6 +329,9 @@ impl Worker {
 
     /// Record the final outcome; true when it is stored (or a final outcome
     /// was already there).
+    /// Record the final outcome and publish it to the response queue; true
+    /// when both are done (or another worker's final outcome was already
+    /// stored: it publishes its own), so the message may be settled.
     async fn finish_record(
         &self,
         mut record: RequestRecord,
@@ -331,9 +344,33 @@ impl Worker {
         record.completed_at = Some(now.clone());
         record.updated_at = now;
         match self.store.put(&record, self.ttl).await {
-            Ok(_) => true,
+            Ok(PutOutcome::Written) => self.publish_response(&record).await,
+            Ok(PutOutcome::KeptFinal) => true,
             Err(e) => {
                 tracing::warn!(correlation_id = %record.correlation_id, error = %e, "could not store the result; will redo the work");
+                false
+            }
+        }
+    }
+
+    /// Publish a final outcome to the response queue (when enabled), as the
+    /// same JSON the API's response endpoint serves.
+    async fn publish_response(&self, record: &RequestRecord) -> bool {
+        let Some(queue) = &self.responses else {
+            return true;
+        };
+        let message = Message {
+            id: record.correlation_id.clone(),
+            body: result_json(record).to_string().into_bytes(),
+            attributes: [("status".to_string(), record.status.as_str().to_string())]
+                .into_iter()
+                .collect(),
+            key: None,
+        };
+        match queue.publish(message).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(correlation_id = %record.correlation_id, error = %e, "could not publish the response; will retry");
                 false
             }
         }
