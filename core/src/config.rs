@@ -321,6 +321,8 @@ pub enum CacheType {
     /// bridge and worker are separate processes that must share results.
     Memory,
     Redis,
+    /// A store registered with `registry::register_result_store`.
+    Custom,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -334,6 +336,8 @@ pub struct CacheConfig {
     pub max_connections: u32,
     /// Prefix of the Redis keys and channel the result store uses.
     pub key_prefix: String,
+    /// With `type: custom`: the registered name of the store.
+    pub custom_class: Option<String>,
 }
 
 impl Default for CacheConfig {
@@ -344,6 +348,7 @@ impl Default for CacheConfig {
             ttl_seconds: 3600,
             max_connections: 10,
             key_prefix: "openhqm".into(),
+            custom_class: None,
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod conformance;
 pub mod envelope;
 pub mod model;
 pub mod queue;
+pub mod registry;
 pub mod retry;
 pub mod shutdown;
 pub mod startup;
@@ -24,9 +25,8 @@ use store::ResultStore;
 
 /// Build the queue backend named by `queue.type`.
 ///
-/// A custom backend is one type implementing [`QueueBackend`]; build it in
-/// your own binary and pass it where this function's result would go
-/// (docs/backends.md shows how).
+/// `queue.type: custom` picks a backend registered with
+/// [`registry::register_queue_backend`] (docs/backends.md shows how).
 pub fn open_queue_backend(config: &Config) -> Result<Arc<dyn QueueBackend>, ConfigError> {
     match config.queue.kind {
         #[cfg(feature = "embedded")]
@@ -44,6 +44,7 @@ pub fn open_queue_backend(config: &Config) -> Result<Arc<dyn QueueBackend>, Conf
         QueueType::Mqtt => queue::mqtt::MqttBackend::from_config(&config.queue)
             .map(|b| Arc::new(b) as Arc<dyn QueueBackend>)
             .map_err(|e| ConfigError::new("queue.mqtt_broker_host", e.to_string())),
+        QueueType::Custom => registry::open_custom_queue(config),
         other => Err(ConfigError::new(
             "queue.type",
             format!(
@@ -68,6 +69,7 @@ pub fn open_result_store(config: &Config) -> Result<Arc<dyn ResultStore>, Config
         CacheType::Redis => store::redis::RedisStore::from_config(&config.cache)
             .map(|s| Arc::new(s) as Arc<dyn ResultStore>)
             .map_err(|e| ConfigError::new("cache.redis_url", e.to_string())),
+        CacheType::Custom => registry::open_custom_store(config),
         #[allow(unreachable_patterns)]
         _ => Err(ConfigError::new(
             "cache.type",

@@ -1,0 +1,99 @@
+//! `openhqm-bridge` as a library: accepts requests (from the filter or the public API),
+//! makes them durable on the queue, and serves their status and results.
+
+mod api;
+mod error;
+mod metrics;
+mod prefer;
+
+use axum::routing::{get, post};
+use axum::Router;
+use openhqm_core::config::Config;
+use openhqm_core::queue::Queue;
+use openhqm_core::startup::{open_queue_or_exit, spawn_purge_expired};
+use openhqm_core::store::ResultStore;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct AppState {
+    pub config: Config,
+    pub requests: Arc<dyn Queue>,
+    pub store: Arc<dyn ResultStore>,
+    pub ttl: Duration,
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    let metrics = state.metrics.clone();
+    Router::new()
+        .route("/api/v1/submit", post(api::submit))
+        .route("/api/v1/status/{id}", get(api::status))
+        .route("/api/v1/response/{id}", get(api::response))
+        .route("/internal/v1/capture", post(api::capture))
+        .route("/health", get(api::health))
+        .route("/health/ready", get(api::health))
+        .route("/health/live", get(api::live))
+        .route("/metrics", get(api::metrics))
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            metrics::track,
+        ))
+        .with_state(state)
+}
+
+const PROGRAM: &str = "openhqm-bridge";
+
+fn fail(msg: impl std::fmt::Display) -> ! {
+    openhqm_core::startup::fail(PROGRAM, msg)
+}
+
+/// Run the program with the process's configuration (`--config`, the
+/// environment); what the `openhqm-bridge` binary does. Call it from your
+/// own `main` after registering custom backends (`openhqm_core::registry`).
+pub fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail(format!("cannot start the async runtime: {e}")));
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let config = openhqm_core::load_config_or_exit(PROGRAM);
+    openhqm_core::telemetry::init_logging(&config.monitoring);
+
+    // Everything that can be wrong with the configuration or the broker is
+    // found before the port is bound.
+    let backend = openhqm_core::open_queue_backend(&config).unwrap_or_else(|e| fail(e));
+    let requests =
+        open_queue_or_exit(PROGRAM, backend.as_ref(), &config.queue.request_queue_name).await;
+    let store = openhqm_core::open_result_store(&config).unwrap_or_else(|e| fail(e));
+    let addr = format!("{}:{}", config.server.host, config.server.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .unwrap_or_else(|e| {
+            fail(format!(
+                "cannot listen on {addr} (server.host/server.port): {e}"
+            ))
+        });
+
+    let state = Arc::new(AppState {
+        ttl: Duration::from_secs(config.cache.ttl_seconds),
+        config,
+        requests,
+        store: store.clone(),
+        metrics: Arc::new(metrics::Metrics::new()),
+    });
+    spawn_purge_expired(store);
+    tracing::info!(%addr, queue = state.requests.name(), "openhqm-bridge listening");
+    let served = axum::serve(listener, router(state.clone()))
+        .with_graceful_shutdown(openhqm_core::shutdown::signal())
+        .await;
+    let _ = state.requests.close().await;
+    if let Err(e) = served {
+        fail(format!("server error: {e}"));
+    }
+    tracing::info!("openhqm-bridge stopped");
+}

@@ -1,0 +1,208 @@
+//! A worker with a custom queue backend: one type implementing the queue
+//! contract, and one registration line before `openhqm_worker::main()`.
+//!
+//! The backend here keeps messages in this process's memory, which makes it
+//! short enough to read in one sitting, and NOT durable: use it to learn the
+//! contract, not in production. Run it with
+//!
+//! ```sh
+//! OPENHQM_QUEUE__TYPE=custom OPENHQM_QUEUE__CUSTOM_CLASS=memory \
+//!     cargo run -p openhqm-worker --example custom_backend
+//! ```
+//!
+//! A real backend should pass the shared conformance suite: see
+//! `tests/conformance/embedded.rs` for how a backend invokes it.
+
+use async_trait::async_trait;
+use openhqm_core::queue::{
+    Capabilities, Delivery, Depth, Message, Queue, QueueBackend, QueueError, Receipt,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A message with the time it may next be delivered and its current lease.
+struct Slot {
+    message: Message,
+    attempts: u32,
+    visible_at: Instant,
+    lease: Option<u64>,
+}
+
+#[derive(Default)]
+struct Shelf {
+    next_lease: u64,
+    queues: HashMap<String, BTreeMap<u64, Slot>>,
+    next_seq: u64,
+}
+
+#[derive(Clone, Default)]
+struct MemoryBackend {
+    shelf: Arc<Mutex<Shelf>>,
+}
+
+struct MemoryQueue {
+    name: String,
+    shelf: Arc<Mutex<Shelf>>,
+}
+
+#[async_trait]
+impl QueueBackend for MemoryBackend {
+    fn kind(&self) -> &str {
+        "memory"
+    }
+
+    async fn open(&self, name: &str) -> Result<Arc<dyn Queue>, QueueError> {
+        Ok(Arc::new(MemoryQueue {
+            name: name.to_string(),
+            shelf: self.shelf.clone(),
+        }))
+    }
+}
+
+impl MemoryQueue {
+    fn with<T>(&self, f: impl FnOnce(&mut Shelf) -> T) -> T {
+        let mut shelf = self.shelf.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut shelf)
+    }
+
+    /// `seq:lease` receipts; an action only applies while the lease matches
+    /// (a consumer whose lease ended must not touch another's delivery).
+    fn leased<T>(
+        &self,
+        receipt: &Receipt,
+        f: impl FnOnce(&mut BTreeMap<u64, Slot>, u64) -> T,
+    ) -> Result<T, QueueError> {
+        let (seq, lease) = receipt
+            .0
+            .split_once(':')
+            .and_then(|(s, l)| Some((s.parse::<u64>().ok()?, l.parse::<u64>().ok()?)))
+            .ok_or_else(|| QueueError::Invalid("malformed receipt".into()))?;
+        self.with(|shelf| {
+            let queue = shelf.queues.entry(self.name.clone()).or_default();
+            match queue.get(&seq) {
+                Some(slot) if slot.lease == Some(lease) => Ok(f(queue, seq)),
+                _ => Err(QueueError::LeaseLost),
+            }
+        })
+    }
+}
+
+#[async_trait]
+impl Queue for MemoryQueue {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+
+    async fn publish(&self, message: Message) -> Result<(), QueueError> {
+        self.with(|shelf| {
+            shelf.next_seq += 1;
+            let seq = shelf.next_seq;
+            let slot = Slot {
+                message,
+                attempts: 0,
+                visible_at: Instant::now(),
+                lease: None,
+            };
+            shelf
+                .queues
+                .entry(self.name.clone())
+                .or_default()
+                .insert(seq, slot);
+        });
+        Ok(())
+    }
+
+    async fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+        lease: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let now = Instant::now();
+            let got = self.with(|shelf| {
+                shelf.next_lease += 1;
+                let token = shelf.next_lease;
+                let queue = shelf.queues.entry(self.name.clone()).or_default();
+                let mut out = Vec::new();
+                for (seq, slot) in queue
+                    .iter_mut()
+                    .filter(|(_, s)| s.visible_at <= now)
+                    .take(max)
+                {
+                    slot.attempts += 1;
+                    slot.visible_at = now + lease;
+                    slot.lease = Some(token);
+                    out.push(Delivery {
+                        message: slot.message.clone(),
+                        attempt: slot.attempts,
+                        receipt: Receipt(format!("{seq}:{token}")),
+                    });
+                }
+                out
+            });
+            if !got.is_empty() || now >= deadline {
+                return Ok(got);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn ack(&self, receipt: &Receipt) -> Result<(), QueueError> {
+        self.leased(receipt, |queue, seq| {
+            queue.remove(&seq);
+        })
+    }
+
+    async fn nack(&self, receipt: &Receipt, delay: Duration) -> Result<(), QueueError> {
+        self.leased(receipt, |queue, seq| {
+            if let Some(slot) = queue.get_mut(&seq) {
+                slot.lease = None;
+                slot.visible_at = Instant::now() + delay;
+            }
+        })
+    }
+
+    async fn extend_lease(&self, receipt: &Receipt, lease: Duration) -> Result<(), QueueError> {
+        self.leased(receipt, |queue, seq| {
+            if let Some(slot) = queue.get_mut(&seq) {
+                slot.visible_at = Instant::now() + lease;
+            }
+        })
+    }
+
+    async fn depth(&self) -> Result<Depth, QueueError> {
+        let now = Instant::now();
+        Ok(self.with(|shelf| {
+            let queue = shelf.queues.get(&self.name);
+            let in_flight = queue.map_or(0, |q| {
+                q.values()
+                    .filter(|s| s.lease.is_some() && s.visible_at > now)
+                    .count()
+            });
+            let total = queue.map_or(0, |q| q.len());
+            Depth {
+                ready: (total - in_flight) as u64,
+                in_flight: in_flight as u64,
+            }
+        }))
+    }
+
+    async fn close(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
+}
+
+fn main() {
+    // The one registration line: `queue.type: custom`, `queue.custom_class: memory`.
+    openhqm_core::registry::register_queue_backend("memory", |_config| {
+        Ok(Arc::new(MemoryBackend::default()))
+    });
+    openhqm_worker::main();
+}

@@ -1,0 +1,78 @@
+//! `openhqm-worker` as a library: consumes the request queue and calls the backend (proxy
+//! mode) or runs the example processor, at a pace the backend can bear.
+
+mod backend_call;
+mod processor;
+mod runner;
+
+use openhqm_core::retry::RetryPolicy;
+use openhqm_core::startup::{open_queue_or_exit, spawn_purge_expired};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+const PROGRAM: &str = "openhqm-worker";
+
+fn fail(msg: impl std::fmt::Display) -> ! {
+    openhqm_core::startup::fail(PROGRAM, msg)
+}
+
+/// Run the program with the process's configuration (`--config`, the
+/// environment); what the `openhqm-worker` binary does. Call it from your
+/// own `main` after registering custom backends (`openhqm_core::registry`).
+pub fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail(format!("cannot start the async runtime: {e}")));
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let config = openhqm_core::load_config_or_exit(PROGRAM);
+    openhqm_core::telemetry::init_logging(&config.monitoring);
+
+    let policy = RetryPolicy::from_config(&config.worker)
+        .unwrap_or_else(|e| fail(format!("worker retry settings: {e}")));
+    let backend = openhqm_core::open_queue_backend(&config).unwrap_or_else(|e| fail(e));
+    let requests =
+        open_queue_or_exit(PROGRAM, backend.as_ref(), &config.queue.request_queue_name).await;
+    let dlq = open_queue_or_exit(PROGRAM, backend.as_ref(), &config.queue.dlq_name).await;
+    let responses = if config.publishes_responses() {
+        Some(open_queue_or_exit(PROGRAM, backend.as_ref(), &config.queue.response_queue_name).await)
+    } else {
+        None
+    };
+    let store = openhqm_core::open_result_store(&config).unwrap_or_else(|e| fail(e));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(config.worker.concurrency)
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_else(|e| fail(format!("cannot build the HTTP client: {e}")));
+
+    tracing::info!(
+        queue = requests.name(),
+        proxy = config.proxy.enabled,
+        concurrency = config.worker.concurrency,
+        "openhqm-worker started"
+    );
+    spawn_purge_expired(store.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        openhqm_core::shutdown::signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let worker = Arc::new(runner::Worker::new(
+        config,
+        requests.clone(),
+        dlq.clone(),
+        responses,
+        store,
+        http,
+        policy,
+    ));
+    worker.run(stop_rx).await;
+    let _ = requests.close().await;
+    let _ = dlq.close().await;
+    tracing::info!("openhqm-worker stopped");
+}
