@@ -128,6 +128,8 @@ pub struct Stack {
     pub bridge_port: u16,
     pub envoy_port: u16,
     pub admin_port: u16,
+    /// Ports of bridges beyond the first, all in Envoy's bridge cluster.
+    pub extra_bridge_ports: Vec<u16>,
     /// Extra `OPENHQM_*` variables for bridge and workers.
     pub env: Vec<(String, String)>,
     pub procs: Vec<Proc>,
@@ -146,6 +148,7 @@ impl Stack {
         let bridge_port = free_port();
         let mut stack = Stack {
             env: Vec::new(),
+            extra_bridge_ports: Vec::new(),
             envoy_port: free_port(),
             admin_port: free_port(),
             app_port,
@@ -279,6 +282,18 @@ impl Stack {
         i
     }
 
+    /// Another bridge on its own port, sharing the queue and result store;
+    /// Envoy (started after) balances captures and lookups over all bridges.
+    pub async fn add_bridge(&mut self) -> (usize, u16) {
+        let port = free_port();
+        let port_s = port.to_string();
+        let p = self.spawn("bridge", &bin("openhqm-bridge"), &[], &[("OPENHQM_SERVER__PORT", &port_s)]);
+        let i = self.keep(p);
+        wait_ready(&format!("http://127.0.0.1:{port}/health"), Duration::from_secs(20)).await;
+        self.extra_bridge_ports.push(port);
+        (i, port)
+    }
+
     pub fn start_worker(&mut self) -> usize {
         let p = self.spawn("worker", &bin("openhqm-worker"), &[], &[]);
         self.keep(p)
@@ -286,8 +301,16 @@ impl Stack {
 
     /// Envoy with the shipped envoy/envoy.yaml, moved to this stack's ports.
     pub async fn start_envoy(&mut self) -> usize {
-        let shipped = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml"))
+        let mut shipped = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml"))
             .expect("envoy/envoy.yaml");
+        // More bridges: more endpoints in the bridge cluster.
+        let bridge_endpoint = "              - endpoint:\n                  address:\n                    socket_address: { address: 127.0.0.1, port_value: 9000 }\n";
+        assert!(shipped.contains(bridge_endpoint), "envoy.yaml's bridge endpoint changed shape");
+        let mut endpoints = bridge_endpoint.to_string();
+        for port in &self.extra_bridge_ports {
+            endpoints.push_str(&bridge_endpoint.replace("port_value: 9000", &format!("port_value: {port}")));
+        }
+        shipped = shipped.replace(bridge_endpoint, &endpoints);
         let config = shipped
             .replace(
                 "port_value: 8000",

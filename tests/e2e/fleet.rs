@@ -1,0 +1,212 @@
+//! The product as a fleet on one Redis: two bridges and three workers, as
+//! separate processes, behind one Envoy whose bridge cluster has both
+//! bridges. 2,000 requests through the filter while a worker is SIGKILLed and
+//! replaced; wait-mode requests held by one bridge are answered by whichever
+//! worker finishes them.
+
+use openhqm_core::conformance::server_available;
+use openhqm_e2e::{client, Stack};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+const REQUESTS: usize = 2000;
+const CLIENT_CONCURRENCY: usize = 32;
+const WAIT_MODE_REQUESTS: usize = 60;
+
+fn header(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+/// Keys under a prefix, counted by redis-cli (the test's view of the store).
+fn redis_count(pattern: &str) -> usize {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", "6379", "--scan", "--pattern", pattern])
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).count()
+}
+
+fn redis_cleanup(run: &str) {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", "6379", "--scan", "--pattern", &format!("fleet-{run}*")])
+        .output()
+        .expect("redis-cli");
+    for key in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()) {
+        let _ = std::process::Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", "6379", "DEL", key]).output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_bridges_three_workers_on_redis_lose_nothing_when_a_worker_dies() {
+    if !server_available("redis", "127.0.0.1:6379") {
+        return;
+    }
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let mut stack = Stack::new("fleet");
+    // The original's variables alone, no config file.
+    stack.set("OPENHQM_QUEUE__TYPE", "redis");
+    stack.set("OPENHQM_QUEUE__REDIS_URL", "redis://127.0.0.1:6379");
+    stack.set("OPENHQM_CACHE__TYPE", "redis");
+    stack.set("OPENHQM_CACHE__REDIS_URL", "redis://127.0.0.1:6379");
+    // Names of this run only, so runs and other tests on the Redis never mix.
+    stack.set("OPENHQM_CACHE__KEY_PREFIX", &format!("fleet-{run}"));
+    stack.set("OPENHQM_QUEUE__REQUEST_QUEUE_NAME", &format!("fleet-{run}-requests"));
+    stack.set("OPENHQM_QUEUE__RESPONSE_QUEUE_NAME", &format!("fleet-{run}-responses"));
+    stack.set("OPENHQM_QUEUE__DLQ_NAME", &format!("fleet-{run}-dlq"));
+    stack.set("OPENHQM_WORKER__LEASE_SECONDS", "3");
+    stack.set("OPENHQM_WORKER__CONCURRENCY", "8");
+    stack.set("OPENHQM_WORKER__BATCH_SIZE", "8");
+    stack.set("OPENHQM_MONITORING__LOG_LEVEL", "WARN");
+
+    stack.start_app(20).await;
+    stack.start_bridge().await;
+    let (_, bridge_b) = stack.add_bridge().await;
+    let workers: Vec<usize> = (0..3).map(|_| stack.start_worker()).collect();
+    stack.start_envoy().await;
+    let envoy = stack.envoy_url();
+    let bridge_a = stack.bridge_url();
+
+    // Wait-mode submissions to bridge A, in parallel with the burst.
+    let waiters = {
+        let bridge_a = bridge_a.clone();
+        tokio::spawn(async move {
+            let c = client();
+            let mut answers = Vec::new();
+            for i in 0..WAIT_MODE_REQUESTS {
+                let r = c
+                    .post(format!("{bridge_a}/api/v1/submit"))
+                    .header("prefer", "wait=30")
+                    .json(&json!({"payload": {"waiter": i}, "metadata": {"endpoint": "orders"}}))
+                    .send()
+                    .await
+                    .expect("wait-mode submit");
+                let status = r.status().as_u16();
+                let applied = header(&r, "preference-applied");
+                answers.push((status, applied, r.json::<Value>().await.expect("JSON")));
+            }
+            answers
+        })
+    };
+
+    // The burst through the filter; a worker dies and is replaced midway.
+    let started = Instant::now();
+    let gate = Arc::new(Semaphore::new(CLIENT_CONCURRENCY));
+    let mut sends = Vec::with_capacity(REQUESTS);
+    let c = client();
+    for i in 0..REQUESTS {
+        if i == REQUESTS / 2 {
+            stack.proc(workers[0]).kill();
+            stack.start_worker();
+        }
+        let permit = gate.clone().acquire_owned().await.expect("semaphore");
+        let c = c.clone();
+        let url = format!("{envoy}/orders");
+        sends.push(tokio::spawn(async move {
+            let r = c.post(url).json(&json!({"n": i})).send().await;
+            drop(permit);
+            match r {
+                Ok(r) => (r.status().as_u16(), header(&r, "x-correlation-id")),
+                Err(_) => (0, None),
+            }
+        }));
+    }
+    let mut accepted = BTreeSet::new();
+    let mut refused = 0;
+    for s in sends {
+        match s.await.expect("send task") {
+            (202, Some(id)) => {
+                accepted.insert(id);
+            }
+            _ => refused += 1,
+        }
+    }
+    let ingest = started.elapsed();
+    assert_eq!(refused, 0, "every request through a healthy fleet is accepted");
+    assert_eq!(accepted.len(), REQUESTS, "correlation IDs are unique");
+
+    // Long-poll a sample through the sidecar: any bridge answers, whichever
+    // worker finished the request.
+    for id in accepted.iter().take(20) {
+        let r = c
+            .get(format!("{envoy}/api/v1/response/{id}"))
+            .header("prefer", "wait=30")
+            .send()
+            .await
+            .expect("long-poll");
+        assert_eq!(r.status().as_u16(), 200, "{id}");
+        assert_eq!(r.json::<Value>().await.expect("JSON")["status"], "COMPLETED");
+    }
+
+    // Every accepted request completes; read through bridge B.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut pending: Vec<String> = accepted.iter().cloned().collect();
+    let mut records = std::collections::BTreeMap::new();
+    while !pending.is_empty() {
+        assert!(Instant::now() < deadline, "{} requests never completed", pending.len());
+        let mut still = Vec::new();
+        for id in pending {
+            let body: Value = c
+                .get(format!("http://127.0.0.1:{bridge_b}/api/v1/status/{id}"))
+                .send()
+                .await
+                .expect("status")
+                .json()
+                .await
+                .expect("JSON");
+            match body["status"].as_str() {
+                Some("COMPLETED") => {
+                    records.insert(id, body);
+                }
+                Some("FAILED") | Some("TIMEOUT") => panic!("{id} ended {body}"),
+                _ => still.push(id),
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let drained = started.elapsed();
+
+    // Wait-mode answers: the final result, produced by some worker.
+    let answers = waiters.await.expect("waiters");
+    let waited_ok = answers
+        .iter()
+        .filter(|(status, applied, body)| *status == 200 && applied.as_deref() == Some("wait=30") && body["status"] == "COMPLETED")
+        .count();
+    assert_eq!(waited_ok, WAIT_MODE_REQUESTS, "wait-mode answers: {:?}", answers.iter().map(|a| a.0).collect::<Vec<_>>());
+
+    // None twice: exactly one record per request, and final records stay put.
+    let keys = redis_count(&format!("fleet-{run}:result:*"));
+    assert_eq!(keys, REQUESTS + WAIT_MODE_REQUESTS, "one result record per accepted request");
+    for (id, before) in records.iter().take(50) {
+        let after: Value = c
+            .get(format!("{bridge_a}/api/v1/status/{id}"))
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("JSON");
+        assert_eq!(&after, before, "a final record never changes");
+    }
+
+    let stats = stack.app_stats().await;
+    let served = stats["served"].as_u64().unwrap_or(0) as usize;
+    let expected = REQUESTS + WAIT_MODE_REQUESTS;
+    assert!(served >= expected, "the app served {served} of {expected}");
+    println!(
+        "fleet: {REQUESTS} accepted through Envoy in {:.1} s ({:.0}/s), all completed after {:.1} s; \
+         {WAIT_MODE_REQUESTS}/{WAIT_MODE_REQUESTS} wait-mode answers; backend calls {served} \
+         ({} repeated after the SIGKILL, allowed by at-least-once); app max concurrency {}",
+        ingest.as_secs_f64(),
+        REQUESTS as f64 / ingest.as_secs_f64(),
+        drained.as_secs_f64(),
+        served - expected,
+        stats["max_in_flight"],
+    );
+    redis_cleanup(&run);
+}
