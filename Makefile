@@ -21,9 +21,11 @@ build: wasm
 run: build
 	@deploy/local/run-demo.sh
 
-# Unit tests and the end-to-end tests (real Envoy, real processes).
+# Unit tests, then the backend conformance suites and end-to-end tests (real
+# brokers, real Envoy, real processes); those print skip reasons and summaries.
 test: build
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --exclude openhqm-e2e
+	$(CARGO) test -p openhqm-e2e -- --nocapture
 
 unit:
 	$(CARGO) test --workspace --lib --bins

@@ -39,11 +39,11 @@ pub fn open_queue_backend(config: &Config) -> Result<Arc<dyn QueueBackend>, Conf
         #[cfg(feature = "redis")]
         QueueType::Redis => queue::redis::RedisBackend::from_config(&config.queue)
             .map(|b| Arc::new(b) as Arc<dyn QueueBackend>)
-            .map_err(|e| ConfigError::new("queue.redis_url", e.to_string())),
+            .map_err(|e| backend_config_error("queue.redis_url", e.to_string())),
         #[cfg(feature = "mqtt")]
         QueueType::Mqtt => queue::mqtt::MqttBackend::from_config(&config.queue)
             .map(|b| Arc::new(b) as Arc<dyn QueueBackend>)
-            .map_err(|e| ConfigError::new("queue.mqtt_broker_host", e.to_string())),
+            .map_err(|e| backend_config_error("queue.mqtt_broker_host", e.to_string())),
         QueueType::Custom => registry::open_custom_queue(config),
         other => Err(ConfigError::new(
             "queue.type",
@@ -53,6 +53,21 @@ pub fn open_queue_backend(config: &Config) -> Result<Arc<dyn QueueBackend>, Conf
                 built_in_queue_types().join(", ")
             ),
         )),
+    }
+}
+
+/// A backend's settings error, under the key its message names (backends
+/// write keys as `` `queue.mqtt_qos` ``), else under `default_key`.
+fn backend_config_error(default_key: &str, message: String) -> ConfigError {
+    let named = message
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .find(|k| k.starts_with("queue.") || k.starts_with("cache."))
+        .map(str::to_string);
+    match named {
+        Some(key) => ConfigError::new(key, message),
+        None => ConfigError::new(default_key, message),
     }
 }
 
@@ -68,7 +83,7 @@ pub fn open_result_store(config: &Config) -> Result<Arc<dyn ResultStore>, Config
         #[cfg(feature = "redis")]
         CacheType::Redis => store::redis::RedisStore::from_config(&config.cache)
             .map(|s| Arc::new(s) as Arc<dyn ResultStore>)
-            .map_err(|e| ConfigError::new("cache.redis_url", e.to_string())),
+            .map_err(|e| backend_config_error("cache.redis_url", e.to_string())),
         CacheType::Custom => registry::open_custom_store(config),
         #[allow(unreachable_patterns)]
         _ => Err(ConfigError::new(

@@ -17,25 +17,52 @@ const CLIENT_CONCURRENCY: usize = 32;
 const WAIT_MODE_REQUESTS: usize = 60;
 
 fn header(r: &reqwest::Response, name: &str) -> Option<String> {
-    r.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 /// Keys under a prefix, counted by redis-cli (the test's view of the store).
 fn redis_count(pattern: &str) -> usize {
     let out = std::process::Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", "6379", "--scan", "--pattern", pattern])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "6379",
+            "--scan",
+            "--pattern",
+            pattern,
+        ])
         .output()
         .expect("redis-cli");
-    String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).count()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .count()
 }
 
 fn redis_cleanup(run: &str) {
     let out = std::process::Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", "6379", "--scan", "--pattern", &format!("fleet-{run}*")])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "6379",
+            "--scan",
+            "--pattern",
+            &format!("fleet-{run}*"),
+        ])
         .output()
         .expect("redis-cli");
-    for key in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()) {
-        let _ = std::process::Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", "6379", "DEL", key]).output();
+    for key in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+    {
+        let _ = std::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", "6379", "DEL", key])
+            .output();
     }
 }
 
@@ -53,8 +80,14 @@ async fn two_bridges_three_workers_on_redis_lose_nothing_when_a_worker_dies() {
     stack.set("OPENHQM_CACHE__REDIS_URL", "redis://127.0.0.1:6379");
     // Names of this run only, so runs and other tests on the Redis never mix.
     stack.set("OPENHQM_CACHE__KEY_PREFIX", &format!("fleet-{run}"));
-    stack.set("OPENHQM_QUEUE__REQUEST_QUEUE_NAME", &format!("fleet-{run}-requests"));
-    stack.set("OPENHQM_QUEUE__RESPONSE_QUEUE_NAME", &format!("fleet-{run}-responses"));
+    stack.set(
+        "OPENHQM_QUEUE__REQUEST_QUEUE_NAME",
+        &format!("fleet-{run}-requests"),
+    );
+    stack.set(
+        "OPENHQM_QUEUE__RESPONSE_QUEUE_NAME",
+        &format!("fleet-{run}-responses"),
+    );
     stack.set("OPENHQM_QUEUE__DLQ_NAME", &format!("fleet-{run}-dlq"));
     stack.set("OPENHQM_WORKER__LEASE_SECONDS", "3");
     stack.set("OPENHQM_WORKER__CONCURRENCY", "8");
@@ -124,7 +157,10 @@ async fn two_bridges_three_workers_on_redis_lose_nothing_when_a_worker_dies() {
         }
     }
     let ingest = started.elapsed();
-    assert_eq!(refused, 0, "every request through a healthy fleet is accepted");
+    assert_eq!(
+        refused, 0,
+        "every request through a healthy fleet is accepted"
+    );
     assert_eq!(accepted.len(), REQUESTS, "correlation IDs are unique");
 
     // Long-poll a sample through the sidecar: any bridge answers, whichever
@@ -137,7 +173,10 @@ async fn two_bridges_three_workers_on_redis_lose_nothing_when_a_worker_dies() {
             .await
             .expect("long-poll");
         assert_eq!(r.status().as_u16(), 200, "{id}");
-        assert_eq!(r.json::<Value>().await.expect("JSON")["status"], "COMPLETED");
+        assert_eq!(
+            r.json::<Value>().await.expect("JSON")["status"],
+            "COMPLETED"
+        );
     }
 
     // Every accepted request completes; read through bridge B.
@@ -145,17 +184,19 @@ async fn two_bridges_three_workers_on_redis_lose_nothing_when_a_worker_dies() {
     let mut pending: Vec<String> = accepted.iter().cloned().collect();
     let mut records = std::collections::BTreeMap::new();
     while !pending.is_empty() {
-        assert!(Instant::now() < deadline, "{} requests never completed", pending.len());
+        assert!(
+            Instant::now() < deadline,
+            "{} requests never completed",
+            pending.len()
+        );
         let mut still = Vec::new();
         for id in pending {
-            let body: Value = c
-                .get(format!("http://127.0.0.1:{bridge_b}/api/v1/status/{id}"))
+            let r = c
+                .get(format!("http://127.0.0.1:{bridge_b}/api/v1/response/{id}"))
                 .send()
                 .await
-                .expect("status")
-                .json()
-                .await
-                .expect("JSON");
+                .expect("response");
+            let body: Value = r.json().await.expect("JSON");
             match body["status"].as_str() {
                 Some("COMPLETED") => {
                     records.insert(id, body);
@@ -175,16 +216,27 @@ async fn two_bridges_three_workers_on_redis_lose_nothing_when_a_worker_dies() {
     let answers = waiters.await.expect("waiters");
     let waited_ok = answers
         .iter()
-        .filter(|(status, applied, body)| *status == 200 && applied.as_deref() == Some("wait=30") && body["status"] == "COMPLETED")
+        .filter(|(status, applied, body)| {
+            *status == 200 && applied.as_deref() == Some("wait=30") && body["status"] == "COMPLETED"
+        })
         .count();
-    assert_eq!(waited_ok, WAIT_MODE_REQUESTS, "wait-mode answers: {:?}", answers.iter().map(|a| a.0).collect::<Vec<_>>());
+    assert_eq!(
+        waited_ok,
+        WAIT_MODE_REQUESTS,
+        "wait-mode answers: {:?}",
+        answers.iter().map(|a| a.0).collect::<Vec<_>>()
+    );
 
     // None twice: exactly one record per request, and final records stay put.
     let keys = redis_count(&format!("fleet-{run}:result:*"));
-    assert_eq!(keys, REQUESTS + WAIT_MODE_REQUESTS, "one result record per accepted request");
+    assert_eq!(
+        keys,
+        REQUESTS + WAIT_MODE_REQUESTS,
+        "one result record per accepted request"
+    );
     for (id, before) in records.iter().take(50) {
         let after: Value = c
-            .get(format!("{bridge_a}/api/v1/status/{id}"))
+            .get(format!("{bridge_a}/api/v1/response/{id}"))
             .send()
             .await
             .expect("status")
@@ -194,14 +246,24 @@ async fn two_bridges_three_workers_on_redis_lose_nothing_when_a_worker_dies() {
         assert_eq!(&after, before, "a final record never changes");
     }
 
+    // The SIGKILLed worker died holding messages: they were redelivered.
+    let redelivered = records
+        .values()
+        .filter(|r| r["attempts"].as_u64().unwrap_or(0) >= 2)
+        .count();
+    assert!(
+        redelivered > 0,
+        "the killed worker held no messages: the test proved nothing"
+    );
+
     let stats = stack.app_stats().await;
     let served = stats["served"].as_u64().unwrap_or(0) as usize;
     let expected = REQUESTS + WAIT_MODE_REQUESTS;
     assert!(served >= expected, "the app served {served} of {expected}");
     println!(
         "fleet: {REQUESTS} accepted through Envoy in {:.1} s ({:.0}/s), all completed after {:.1} s; \
-         {WAIT_MODE_REQUESTS}/{WAIT_MODE_REQUESTS} wait-mode answers; backend calls {served} \
-         ({} repeated after the SIGKILL, allowed by at-least-once); app max concurrency {}",
+         {WAIT_MODE_REQUESTS}/{WAIT_MODE_REQUESTS} wait-mode answers; {redelivered} redelivered after \
+         the SIGKILL; backend calls {served} ({} repeated, allowed by at-least-once); app max concurrency {}",
         ingest.as_secs_f64(),
         REQUESTS as f64 / ingest.as_secs_f64(),
         drained.as_secs_f64(),

@@ -287,9 +287,18 @@ impl Stack {
     pub async fn add_bridge(&mut self) -> (usize, u16) {
         let port = free_port();
         let port_s = port.to_string();
-        let p = self.spawn("bridge", &bin("openhqm-bridge"), &[], &[("OPENHQM_SERVER__PORT", &port_s)]);
+        let p = self.spawn(
+            "bridge",
+            &bin("openhqm-bridge"),
+            &[],
+            &[("OPENHQM_SERVER__PORT", &port_s)],
+        );
         let i = self.keep(p);
-        wait_ready(&format!("http://127.0.0.1:{port}/health"), Duration::from_secs(20)).await;
+        wait_ready(
+            &format!("http://127.0.0.1:{port}/health"),
+            Duration::from_secs(20),
+        )
+        .await;
         self.extra_bridge_ports.push(port);
         (i, port)
     }
@@ -305,10 +314,15 @@ impl Stack {
             .expect("envoy/envoy.yaml");
         // More bridges: more endpoints in the bridge cluster.
         let bridge_endpoint = "              - endpoint:\n                  address:\n                    socket_address: { address: 127.0.0.1, port_value: 9000 }\n";
-        assert!(shipped.contains(bridge_endpoint), "envoy.yaml's bridge endpoint changed shape");
+        assert!(
+            shipped.contains(bridge_endpoint),
+            "envoy.yaml's bridge endpoint changed shape"
+        );
         let mut endpoints = bridge_endpoint.to_string();
         for port in &self.extra_bridge_ports {
-            endpoints.push_str(&bridge_endpoint.replace("port_value: 9000", &format!("port_value: {port}")));
+            endpoints.push_str(
+                &bridge_endpoint.replace("port_value: 9000", &format!("port_value: {port}")),
+            );
         }
         shipped = shipped.replace(bridge_endpoint, &endpoints);
         let config = shipped
