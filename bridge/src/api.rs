@@ -401,7 +401,7 @@ pub async fn response(
 
 /// `GET /health` and `/health/ready`: healthy only when queue and store answer.
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
-    let queue_ok = state.requests.depth().await.is_ok();
+    let queue_ok = state.requests.ping().await.is_ok();
     let store_ok = state
         .store
         .get("00000000-0000-0000-0000-000000000000")

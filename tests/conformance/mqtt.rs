@@ -539,3 +539,69 @@ async fn depth_is_unsupported() {
     let q = b.open("depth-probe").await.expect("open");
     assert!(matches!(q.depth().await, Err(QueueError::Unsupported(_))));
 }
+
+/// MQTT drops what nobody subscribed to; `retain_unconsumed` (what the worker
+/// does for its DLQ) keeps it in the keeper session, read as the keeper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_queue_keeps_messages_published_while_nobody_consumes() {
+    if !server_available("mosquitto", ADDR) {
+        return;
+    }
+    let producer = backend("retain-producer");
+
+    // Without a keeper: published, acknowledged by the broker, and gone.
+    let dropped = topic("unretained");
+    let q = producer.open(&dropped).await.expect("open");
+    q.publish(message("lost", b"x")).await.expect("publish");
+    let late = backend("retain-late-reader")
+        .open(&dropped)
+        .await
+        .expect("open");
+    let got = late
+        .receive(10, Duration::from_millis(500), Duration::from_secs(1))
+        .await
+        .expect("receive");
+    assert!(
+        got.is_empty(),
+        "MQTT brokers drop messages no session subscribed to"
+    );
+
+    // With a keeper: everything published while no consumer runs is kept.
+    let kept = topic("retained");
+    let q = producer.open(&kept).await.expect("open");
+    q.retain_unconsumed().await.expect("retain");
+    q.retain_unconsumed()
+        .await
+        .expect("retain again is harmless");
+    for i in 0..3 {
+        q.publish(message(&format!("m{i}"), format!("body {i}").as_bytes()))
+            .await
+            .expect("publish");
+    }
+    let mut keeper_settings = settings("unused");
+    keeper_settings.client_id = MqttBackend::keeper_client_id(&keeper_settings.shared_group, &kept);
+    let reader = MqttBackend::new(keeper_settings)
+        .expect("settings")
+        .open(&kept)
+        .await
+        .expect("open");
+    let mut ids = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ids.len() < 3 && Instant::now() < deadline {
+        for d in reader
+            .receive(10, Duration::from_millis(500), Duration::from_secs(1))
+            .await
+            .expect("receive")
+        {
+            ids.push(d.message.id.clone());
+            reader.ack(&d.receipt).await.expect("ack");
+        }
+    }
+    ids.sort();
+    assert_eq!(
+        ids,
+        vec!["m0", "m1", "m2"],
+        "the keeper session kept every message"
+    );
+    reader.close().await.expect("close");
+}

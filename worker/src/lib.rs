@@ -71,8 +71,34 @@ async fn run() {
         http,
         policy,
     ));
-    worker.run(stop_rx).await;
+    // Dead letters must not be dropped by a broker that keeps only what is
+    // subscribed to (MQTT); nothing is consumed until that is assured.
+    if retain_until_done(dlq.as_ref(), stop_rx.clone()).await {
+        worker.run(stop_rx).await;
+    }
     let _ = requests.close().await;
     let _ = dlq.close().await;
     tracing::info!("openhqm-worker stopped");
+}
+
+/// Call `retain_unconsumed` on a publish-only queue until it succeeds (the
+/// broker may still be starting) or a stop is requested; false when stopped.
+async fn retain_until_done(
+    queue: &dyn openhqm_core::queue::Queue,
+    mut stop: watch::Receiver<bool>,
+) -> bool {
+    let mut pause = Duration::from_millis(500);
+    loop {
+        match queue.retain_unconsumed().await {
+            Ok(()) => return true,
+            Err(e) => {
+                tracing::warn!(queue = queue.name(), error = %e, retry_in_ms = pause.as_millis() as u64, "cannot secure the queue yet")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.changed() => return false,
+        }
+        pause = (pause * 2).min(Duration::from_secs(30));
+    }
 }

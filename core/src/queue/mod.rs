@@ -166,6 +166,21 @@ pub trait Queue: Send + Sync {
 
     async fn depth(&self) -> Result<Depth, QueueError>;
 
+    /// Whether the broker answers, for readiness probes. The default asks
+    /// for the depth; backends without depth override it.
+    async fn ping(&self) -> Result<(), QueueError> {
+        self.depth().await.map(|_| ())
+    }
+
+    /// For a process that publishes to this queue but never consumes it (the
+    /// worker and the DLQ): make sure the broker keeps what is published even
+    /// while no consumer is connected. Streams, logs and queues always do;
+    /// MQTT drops messages nobody is subscribed to, so its backend keeps a
+    /// persistent session for the queue.
+    async fn retain_unconsumed(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
+
     /// Release connections; pending operations finish first.
     async fn close(&self) -> Result<(), QueueError>;
 }

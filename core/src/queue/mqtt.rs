@@ -210,6 +210,24 @@ impl MqttBackend {
         &self.settings
     }
 
+    /// The client id of the persistent session that keeps a publish-only
+    /// queue's messages (see [`Queue::retain_unconsumed`]); read such a queue
+    /// (the DLQ) as this identity to get everything it kept.
+    pub fn keeper_client_id(shared_group: &str, topic: &str) -> String {
+        let clean = |s: &str| -> String {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect()
+        };
+        format!("openhqm-keep-{}-{}", clean(shared_group), clean(topic))
+    }
+
     /// The live connection, or a new one when there is none (or it closed).
     fn connection(&self) -> Arc<Connection> {
         let mut slot = lock(&self.connection);
@@ -234,6 +252,7 @@ impl QueueBackend for MqttBackend {
         validate_topic(name)?;
         Ok(Arc::new(MqttQueue {
             name: name.to_string(),
+            settings: self.settings.clone(),
             filter: format!("$share/{}/{name}", self.settings.shared_group),
             max_message_bytes: self.settings.max_message_bytes,
             conn: self.connection(),
@@ -975,6 +994,7 @@ async fn run(shared: Arc<Shared>, client: AsyncClient, mut eventloop: EventLoop)
 
 pub struct MqttQueue {
     name: String,
+    settings: Arc<MqttSettings>,
     filter: String,
     max_message_bytes: usize,
     conn: Arc<Connection>,
@@ -1175,6 +1195,27 @@ impl Queue for MqttQueue {
 
     async fn close(&self) -> Result<(), QueueError> {
         self.conn.close().await
+    }
+
+    /// Ready when the connection to the broker is up (MQTT has no depth to
+    /// ask for).
+    async fn ping(&self) -> Result<(), QueueError> {
+        self.closing()?;
+        self.conn.shared.usable()
+    }
+
+    /// A persistent member of the queue's shared group, the "keeper", joins
+    /// once and disconnects: the broker then queues messages for its session
+    /// while no other member is connected, instead of dropping them. Anything
+    /// the keeper's session already held stays unacked in it.
+    async fn retain_unconsumed(&self) -> Result<(), QueueError> {
+        let mut settings = (*self.settings).clone();
+        settings.client_id = MqttBackend::keeper_client_id(&settings.shared_group, &self.name);
+        let keeper = MqttBackend::new(settings)?;
+        let queue = keeper.open(&self.name).await?;
+        // max 0: subscribe (and wait for the SUBACK) without taking anything.
+        queue.receive(0, Duration::ZERO, Duration::ZERO).await?;
+        queue.close().await
     }
 }
 
