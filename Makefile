@@ -36,6 +36,7 @@ e2e: build
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p openhqm-bridge -p openhqm-worker --no-default-features -- -D warnings
 	$(CARGO) clippy -p openhqm-filter --target wasm32-wasip1 --profile wasm-release -- -D warnings
 
 fmt:

@@ -58,6 +58,7 @@ pub fn open_queue_backend(config: &Config) -> Result<Arc<dyn QueueBackend>, Conf
 
 /// A backend's settings error, under the key its message names (backends
 /// write keys as `` `queue.mqtt_qos` ``), else under `default_key`.
+#[cfg(any(feature = "redis", feature = "mqtt"))]
 fn backend_config_error(default_key: &str, message: String) -> ConfigError {
     let named = message
         .split('`')
