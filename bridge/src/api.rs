@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use openhqm_core::envelope::{
     parse_capture_frame, Envelope, HttpRequest, Metadata, Source, CAPTURE_CONTENT_TYPE,
-    ENVELOPE_VERSION,
+    ENVELOPE_VERSION, FINAL_RESULT_HEADER,
 };
 use openhqm_core::model::{is_valid_correlation_id, result_json, RequestRecord, Status};
 use openhqm_core::queue::{Message, QueueError};
@@ -118,6 +118,7 @@ pub async fn submit(
         payload: Some(payload),
         headers: parsed.headers.unwrap_or_default(),
         request: None,
+        partition_key: None,
     };
     accept(&state, envelope, Prefer::from_headers(&headers)).await
 }
@@ -156,20 +157,82 @@ pub async fn capture(
             .find(|(k, _)| k.eq_ignore_ascii_case("traceparent"))
             .map(|(_, v)| v.clone())
     });
+    if let Some(name) = &meta.endpoint {
+        if state.config.proxy.enabled && !state.config.proxy.endpoints.contains_key(name) {
+            return Err(ApiError::bad_request(
+                "unknown_endpoint",
+                format!("the filter route names endpoint `{name}`, which is not configured"),
+            ));
+        }
+    }
     let envelope = Envelope {
         version: ENVELOPE_VERSION,
         correlation_id: meta.correlation_id.clone(),
         submitted_at: now_rfc3339(),
         source: Source::Filter,
-        metadata: Metadata::default(),
+        metadata: Metadata {
+            endpoint: meta.endpoint.clone(),
+            priority: meta.priority.clone(),
+            ..Metadata::default()
+        },
         traceparent,
         payload: None,
         headers: BTreeMap::new(),
         request: Some(HttpRequest::from_capture(&meta, body)),
+        partition_key: meta.partition_key.clone(),
     };
-    // Captures do not wait here: the filter's callout has a short timeout,
-    // and an accepted request answered after it would look refused.
-    accept(&state, envelope, Prefer::default()).await
+    let accepted = accept(&state, envelope, Prefer::default()).await?;
+    if meta.wait_ms == 0 || accepted.status() != StatusCode::ACCEPTED {
+        return Ok(accepted);
+    }
+    // Wait mode: hold the answer until the backend's own response is stored
+    // (by any worker) or the route's wait runs out. The filter's callout
+    // timeout is the bridge timeout plus this wait, so the answer always
+    // reaches the client.
+    let cap_ms = state.config.server.max_wait_seconds.saturating_mul(1000);
+    let wait = Duration::from_millis(meta.wait_ms.min(cap_ms));
+    match state.store.wait_final(&meta.correlation_id, wait).await {
+        Ok(Some(record)) if record.status.is_final() => Ok(final_backend_answer(&record)),
+        Ok(_) => Ok(accepted),
+        Err(e) => {
+            tracing::warn!(correlation_id = %meta.correlation_id, error = %e, "waiting for the result failed");
+            Ok(accepted)
+        }
+    }
+}
+
+/// The backend's own answer for a waiting capture, marked for the filter to
+/// relay as it is. Without one (connection errors, deadline), a JSON error
+/// in the backend's place: 502, or 504 for TIMEOUT.
+fn final_backend_answer(record: &RequestRecord) -> Response {
+    let marker = (FINAL_RESULT_HEADER, "final".to_string());
+    let correlation = ("x-correlation-id", record.correlation_id.clone());
+    if let Some(resp) = &record.response {
+        if let Ok(body) = resp.body_bytes() {
+            let status = StatusCode::from_u16(resp.status_code).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut out = Response::new(Body::from(body));
+            *out.status_mut() = status;
+            for (name, value) in &resp.headers {
+                if let (Ok(n), Ok(v)) = (
+                    axum::http::HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(value),
+                ) {
+                    out.headers_mut().append(n, v);
+                }
+            }
+            return with_headers(out, &[marker, correlation]);
+        }
+    }
+    let (status, code) = match record.status {
+        Status::Timeout => (StatusCode::GATEWAY_TIMEOUT, "backend_timeout"),
+        _ => (StatusCode::BAD_GATEWAY, "backend_unavailable"),
+    };
+    let detail = record
+        .error
+        .clone()
+        .unwrap_or_else(|| "the backend did not answer".into());
+    let body = json!({"error": code, "detail": detail, "correlation_id": record.correlation_id});
+    with_headers((status, Json(body)).into_response(), &[marker, correlation])
 }
 
 fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -213,7 +276,7 @@ async fn accept(
         id: id.clone(),
         body: envelope.encode(),
         attributes: BTreeMap::new(),
-        key: None,
+        key: envelope.partition_key.clone(),
     };
     let queue_name = state.requests.name().to_string();
     if let Err(e) = state.requests.publish(message).await {

@@ -98,6 +98,10 @@ pub struct Envelope {
     /// Filter: the captured HTTP request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<HttpRequest>,
+    /// Messages with the same key are ordered relative to each other (the
+    /// value of the capturing route's partition-key header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_key: Option<String>,
 }
 
 impl Envelope {
@@ -139,7 +143,25 @@ pub struct CaptureMeta {
     pub headers_b64: Vec<(String, String)>,
     #[serde(default)]
     pub traceparent: Option<String>,
+    /// The filter route that captured the request (for logs and metrics).
+    #[serde(default)]
+    pub route: Option<String>,
+    /// The route's named endpoint, priority and the request's partition key.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub priority: Option<String>,
+    #[serde(default)]
+    pub partition_key: Option<String>,
+    /// How long the client waits for the backend's own answer (wait mode or
+    /// `Prefer: wait`); 0 = answer 202 at once.
+    #[serde(default)]
+    pub wait_ms: u64,
 }
+
+/// Marks a bridge answer to a capture that is the backend's final response,
+/// to be relayed to the client as it is.
+pub const FINAL_RESULT_HEADER: &str = "x-openhqm-result";
 
 pub const CAPTURE_CONTENT_TYPE: &str = "application/vnd.openhqm.capture";
 
@@ -253,6 +275,7 @@ mod tests {
             payload: Some(serde_json::json!({"operation": "echo", "data": "hi"})),
             headers: BTreeMap::new(),
             request: None,
+            partition_key: None,
         };
         let back = Envelope::decode(&env.encode()).unwrap();
         assert_eq!(back, env);

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::routes::{Route, RouteTable};
+use crate::routes::{FailurePolicy, HeaderMatch, Mode, PathMatch, Route, RouteTable};
 
 /// Default `:authority` for calls to the bridge.
 pub const DEFAULT_BRIDGE_AUTHORITY: &str = "openhqm-bridge";
@@ -100,14 +100,47 @@ struct RawConfig {
     routes: Vec<RawRoute>,
 }
 
-/// One route as written. New match kinds and per-route modes become new
-/// optional fields here and new variants in `routes::PathMatch`.
+/// One route as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRoute {
-    prefix: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    exact: Option<String>,
+    #[serde(default)]
+    regex: Option<String>,
     #[serde(default)]
     methods: Option<Vec<String>>,
+    #[serde(default)]
+    headers: Vec<RawHeaderMatch>,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    wait_ms: Option<u64>,
+    #[serde(default)]
+    endpoint: Option<String>,
+    #[serde(default)]
+    priority: Option<String>,
+    #[serde(default)]
+    partition_key_header: Option<String>,
+    #[serde(default)]
+    on_bridge_failure: Option<String>,
+}
+
+/// `{"name": "x-tenant", "exact": "acme"}`, `"prefix": ...` or `"present": true`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderMatch {
+    name: String,
+    #[serde(default)]
+    exact: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    present: Option<bool>,
 }
 
 impl Config {
@@ -190,7 +223,7 @@ impl RawConfig {
 
         let mut routes = Vec::with_capacity(self.routes.len());
         for (i, raw) in self.routes.into_iter().enumerate() {
-            routes.push(raw.validate(i)?);
+            routes.push(raw.validate(i, self.max_wait_ms)?);
         }
         Ok(Config {
             bridge_cluster: self.bridge_cluster,
@@ -206,19 +239,21 @@ impl RawConfig {
 }
 
 impl RawRoute {
-    fn validate(self, index: usize) -> Result<Route, ConfigError> {
-        if !self.prefix.starts_with('/') {
-            return err(format!(
-                "`routes[{index}].prefix` must start with '/' (got {:?})",
-                self.prefix
-            ));
-        }
-        if self.prefix.contains('?') {
-            return err(format!(
-                "`routes[{index}].prefix` must not contain '?': the query is not matched (got {:?})",
-                self.prefix
-            ));
-        }
+    fn validate(self, index: usize, max_wait_ms: u64) -> Result<Route, ConfigError> {
+        let key = |field: &str| format!("routes[{index}].{field}");
+        let path = match (self.prefix, self.exact, self.regex) {
+            (Some(p), None, None) => PathMatch::Prefix(check_path(&key("prefix"), p)?),
+            (None, Some(e), None) => PathMatch::Exact(check_path(&key("exact"), e)?),
+            (None, None, Some(r)) => match regex_lite::Regex::new(&r) {
+                Ok(re) => PathMatch::Regex(re),
+                Err(e) => return err(format!("`{}` is not a valid regex: {e}", key("regex"))),
+            },
+            _ => {
+                return err(format!(
+                    "`routes[{index}]` needs exactly one of `prefix`, `exact` or `regex`"
+                ))
+            }
+        };
         let mut methods: Vec<String> = Vec::new();
         for (j, method) in self.methods.unwrap_or_default().into_iter().enumerate() {
             let method = method.trim().to_ascii_uppercase();
@@ -231,8 +266,93 @@ impl RawRoute {
                 methods.push(method);
             }
         }
-        Ok(Route::prefix(self.prefix, methods))
+        let mut headers = Vec::with_capacity(self.headers.len());
+        for (j, h) in self.headers.into_iter().enumerate() {
+            let name = h.name.trim().to_ascii_lowercase();
+            if name.is_empty() || !name.bytes().all(is_tchar) {
+                return err(format!(
+                    "`routes[{index}].headers[{j}].name` is not a header name (got {:?})",
+                    h.name
+                ));
+            }
+            headers.push(match (h.exact, h.prefix, h.present) {
+                (Some(v), None, None) => HeaderMatch::Exact(name, v.into_bytes()),
+                (None, Some(v), None) => HeaderMatch::Prefix(name, v.into_bytes()),
+                (None, None, Some(true)) => HeaderMatch::Present(name),
+                _ => {
+                    return err(format!(
+                        "`routes[{index}].headers[{j}]` needs exactly one of `exact`, `prefix` or `present: true`"
+                    ))
+                }
+            });
+        }
+        let mode = match self.mode.as_deref() {
+            None | Some("async") => Mode::Async,
+            Some("wait") => Mode::Wait,
+            Some(other) => {
+                return err(format!(
+                    "`{}` must be \"async\" or \"wait\" (got {other:?})",
+                    key("mode")
+                ))
+            }
+        };
+        let wait_ms = self.wait_ms.unwrap_or(max_wait_ms);
+        if wait_ms > max_wait_ms {
+            return err(format!(
+                "`{}` is {wait_ms}, above `max_wait_ms` ({max_wait_ms})",
+                key("wait_ms")
+            ));
+        }
+        let on_bridge_failure = match self.on_bridge_failure.as_deref() {
+            None | Some("reject") => FailurePolicy::Reject,
+            Some("passthrough") => FailurePolicy::Passthrough,
+            Some(other) => {
+                return err(format!(
+                    "`{}` must be \"reject\" or \"passthrough\" (got {other:?})",
+                    key("on_bridge_failure")
+                ))
+            }
+        };
+        let partition_key_header = match self.partition_key_header {
+            Some(h) if h.trim().is_empty() || !h.trim().bytes().all(is_tchar) => {
+                return err(format!(
+                    "`{}` is not a header name (got {h:?})",
+                    key("partition_key_header")
+                ))
+            }
+            other => other.map(|h| h.trim().to_ascii_lowercase()),
+        };
+        // Unnamed routes are known by their path pattern in logs.
+        let name = self.name.unwrap_or_else(|| match &path {
+            PathMatch::Prefix(p) | PathMatch::Exact(p) => p.clone(),
+            PathMatch::Regex(r) => r.as_str().to_string(),
+        });
+        Ok(Route {
+            name,
+            path,
+            methods,
+            headers,
+            mode,
+            wait_limit: Duration::from_millis(wait_ms),
+            endpoint: self.endpoint.filter(|e| !e.is_empty()),
+            priority: self.priority.filter(|p| !p.is_empty()),
+            partition_key_header,
+            on_bridge_failure,
+        })
     }
+}
+
+/// A prefix or exact path: absolute, and without a query (never matched).
+fn check_path(key: &str, path: String) -> Result<String, ConfigError> {
+    if !path.starts_with('/') {
+        return err(format!("`{key}` must start with '/' (got {path:?})"));
+    }
+    if path.contains('?') {
+        return err(format!(
+            "`{key}` must not contain '?': the query is not matched (got {path:?})"
+        ));
+    }
+    Ok(path)
 }
 
 /// RFC 9110 `tchar` (the characters of a method token).
@@ -307,6 +427,7 @@ fn check<T: DeserializeOwned>(value: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routes::{FailurePolicy, HeaderMatch, Mode, PathMatch};
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::parse(s.as_bytes())
@@ -327,6 +448,84 @@ mod tests {
         assert_eq!(c.retry_after_seconds, 2);
         assert_eq!(c.api_prefix, "/api/v1");
         assert_eq!(c.routes.routes(), &[Route::prefix("/orders", vec![])]);
+    }
+
+    #[test]
+    fn routes_with_every_option() {
+        let c = parse(
+            r#"{"bridge_cluster": "b", "max_wait_ms": 20000, "routes": [
+                {"name": "lookup", "regex": "^/orders/[0-9]+$", "methods": ["GET"], "mode": "wait",
+                 "wait_ms": 5000, "on_bridge_failure": "passthrough"},
+                {"exact": "/orders", "methods": ["POST"], "endpoint": "orders", "priority": "high",
+                 "partition_key_header": "X-Customer",
+                 "headers": [{"name": "X-Tenant", "exact": "acme"}, {"name": "x-trace", "present": true},
+                             {"name": "content-type", "prefix": "application/json"}]}
+            ]}"#,
+        )
+        .unwrap();
+        let r = c.routes.routes();
+        assert_eq!(r[0].name, "lookup");
+        assert_eq!(r[0].mode, Mode::Wait);
+        assert_eq!(r[0].wait_limit, Duration::from_millis(5000));
+        assert_eq!(r[0].on_bridge_failure, FailurePolicy::Passthrough);
+        assert!(matches!(&r[0].path, PathMatch::Regex(re) if re.is_match("/orders/7")));
+        assert_eq!(r[1].name, "/orders");
+        assert_eq!(r[1].path, PathMatch::Exact("/orders".into()));
+        assert_eq!(r[1].mode, Mode::Async);
+        assert_eq!(
+            r[1].wait_limit,
+            Duration::from_millis(20000),
+            "defaults to max_wait_ms"
+        );
+        assert_eq!(r[1].endpoint.as_deref(), Some("orders"));
+        assert_eq!(r[1].priority.as_deref(), Some("high"));
+        assert_eq!(r[1].partition_key_header.as_deref(), Some("x-customer"));
+        assert_eq!(r[1].on_bridge_failure, FailurePolicy::Reject);
+        assert_eq!(
+            r[1].headers,
+            vec![
+                HeaderMatch::Exact("x-tenant".into(), b"acme".to_vec()),
+                HeaderMatch::Present("x-trace".into()),
+                HeaderMatch::Prefix("content-type".into(), b"application/json".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn route_errors_name_the_key() {
+        let bad = |route: &str, key: &str| {
+            let json = format!(
+                r#"{{"bridge_cluster":"b","max_wait_ms":1000,"routes":[{{"prefix":"/ok"}},{route}]}}"#
+            );
+            let e = parse(&json).unwrap_err();
+            assert!(e.0.contains(key), "{route}: {e}");
+        };
+        bad(r#"{"prefix": "/a", "exact": "/a"}"#, "routes[1]");
+        bad(r#"{"methods": ["GET"]}"#, "routes[1]");
+        bad(r#"{"regex": "(unclosed"}"#, "`routes[1].regex`");
+        bad(r#"{"exact": "a"}"#, "`routes[1].exact`");
+        bad(r#"{"prefix": "/a", "mode": "sync"}"#, "`routes[1].mode`");
+        bad(
+            r#"{"prefix": "/a", "wait_ms": 5000}"#,
+            "`routes[1].wait_ms`",
+        );
+        bad(
+            r#"{"prefix": "/a", "on_bridge_failure": "ignore"}"#,
+            "`routes[1].on_bridge_failure`",
+        );
+        bad(
+            r#"{"prefix": "/a", "headers": [{"name": "x"}]}"#,
+            "`routes[1].headers[0]`",
+        );
+        bad(
+            r#"{"prefix": "/a", "headers": [{"name": "bad name", "present": true}]}"#,
+            "`routes[1].headers[0].name`",
+        );
+        bad(
+            r#"{"prefix": "/a", "partition_key_header": "a b"}"#,
+            "`routes[1].partition_key_header`",
+        );
+        bad(r#"{"prefix": "/a", "colour": "red"}"#, "colour");
     }
 
     #[test]

@@ -47,6 +47,14 @@ pub struct FrameMeta<'a> {
     /// All request headers as received (pseudo-headers and hop-by-hop ones
     /// are dropped here).
     pub headers: &'a [(String, Vec<u8>)],
+    /// The capturing route's name, endpoint and priority.
+    pub route: &'a str,
+    pub endpoint: Option<&'a str>,
+    pub priority: Option<&'a str>,
+    /// The value of the route's partition-key header, when present.
+    pub partition_key: Option<&'a str>,
+    /// How long the client waits for the backend's answer; 0 = async.
+    pub wait_ms: u64,
 }
 
 #[derive(Serialize)]
@@ -62,6 +70,19 @@ struct FrameHeader<'a> {
     headers: Vec<(&'a str, &'a str)>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     headers_b64: Vec<(&'a str, String)>,
+    route: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    endpoint: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    priority: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partition_key: Option<&'a str>,
+    #[serde(skip_serializing_if = "is_zero")]
+    wait_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Whether a request header is carried in the frame.
@@ -94,6 +115,11 @@ pub fn encode_frame(meta: &FrameMeta<'_>, body: &[u8]) -> Result<Vec<u8>, serde_
         authority: meta.authority,
         headers,
         headers_b64,
+        route: meta.route,
+        endpoint: meta.endpoint,
+        priority: meta.priority,
+        partition_key: meta.partition_key,
+        wait_ms: meta.wait_ms,
     };
     let mut frame = serde_json::to_vec(&header)?;
     frame.reserve_exact(body.len().saturating_add(1));
@@ -224,13 +250,19 @@ mod tests {
             query: Some("a=1&b=2"),
             authority: Some("shop.local"),
             headers: &headers,
+            route: "orders",
+            endpoint: None,
+            priority: None,
+            partition_key: None,
+            wait_ms: 0,
         };
         let body = b"{\"item\":1}\n\nsecond line";
         let frame = encode_frame(&meta, body).unwrap();
         let expected_line = concat!(
             r#"{"v":1,"correlation_id":"3f1c0a4e-0000-4000-8000-000000000001","#,
             r#""method":"POST","path":"/orders","query":"a=1&b=2","authority":"shop.local","#,
-            r#""headers":[["content-type","application/json"],["x-foo","bar"],["x-foo","second"]]}"#
+            r#""headers":[["content-type","application/json"],["x-foo","bar"],["x-foo","second"]],"#,
+            r#""route":"orders"}"#
         );
         let mut expected = expected_line.as_bytes().to_vec();
         expected.push(b'\n');
@@ -249,13 +281,18 @@ mod tests {
             query: None,
             authority: None,
             headers: &headers,
+            route: "orders",
+            endpoint: None,
+            priority: None,
+            partition_key: None,
+            wait_ms: 0,
         };
         let frame = encode_frame(&meta, &body).unwrap();
         let (json, rest) = decode(&frame);
         assert_eq!(rest, body.as_slice());
         assert_eq!(
             json,
-            json!({"v":1,"correlation_id":"id","method":"PUT","path":"/bin",
+            json!({"v":1,"correlation_id":"id","method":"PUT","path":"/bin","route":"orders",
                    "headers":[["content-type","application/octet-stream"]]})
         );
         // Absent query/authority and empty headers_b64 are omitted, not null.
@@ -273,6 +310,11 @@ mod tests {
             query: Some(""),
             authority: None,
             headers: &[],
+            route: "orders",
+            endpoint: None,
+            priority: None,
+            partition_key: None,
+            wait_ms: 0,
         };
         let frame = encode_frame(&meta, b"").unwrap();
         assert_eq!(frame.last(), Some(&b'\n'));
@@ -296,6 +338,11 @@ mod tests {
             query: None,
             authority: None,
             headers: &headers,
+            route: "orders",
+            endpoint: None,
+            priority: None,
+            partition_key: None,
+            wait_ms: 0,
         };
         let frame = encode_frame(&meta, b"").unwrap();
         let (json, _) = decode(&frame);
@@ -320,6 +367,11 @@ mod tests {
             query: Some("q=\n"),
             authority: Some("h\n"),
             headers: &headers,
+            route: "orders",
+            endpoint: None,
+            priority: None,
+            partition_key: None,
+            wait_ms: 0,
         };
         let frame = encode_frame(&meta, b"body").unwrap();
         assert_eq!(frame.iter().filter(|b| **b == b'\n').count(), 1);
@@ -351,6 +403,11 @@ mod tests {
             query: None,
             authority: Some("a"),
             headers: &headers,
+            route: "orders",
+            endpoint: None,
+            priority: None,
+            partition_key: None,
+            wait_ms: 0,
         };
         let (json, _) = decode(&encode_frame(&meta, b"").unwrap());
         assert_eq!(

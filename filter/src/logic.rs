@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::frame::{encode_frame, FrameMeta};
-use crate::routes::{split_path, RequestInfo};
+use crate::routes::{split_path, FailurePolicy, Mode, RequestInfo, Route};
 
 /// Bridge endpoint that receives capture frames.
 pub const CAPTURE_PATH: &str = "/internal/v1/capture";
@@ -26,6 +26,8 @@ pub const CAPTURE_PATH: &str = "/internal/v1/capture";
 pub const CAPTURE_CONTENT_TYPE: &str = "application/vnd.openhqm.capture";
 /// Header carrying the correlation ID.
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
+/// Marks the bridge's answer as the backend's final response (wait mode).
+pub const FINAL_RESULT_HEADER: &str = "x-openhqm-result";
 
 /// Bridge headers passed to the client on a relayed status/response answer.
 const RELAY_HEADERS: [&str; 4] = [
@@ -104,6 +106,11 @@ pub trait Host {
     fn log(&mut self, level: LogLevel, message: &str);
     /// A new random (v4) UUID, hyphenated lower-case.
     fn new_uuid(&mut self) -> String;
+    /// Let the held request go on to the app, with its buffered body.
+    fn resume_request(&mut self);
+    /// Count a request of `route` served synchronously because the bridge
+    /// failed (the `passthrough` policy).
+    fn count_passthrough(&mut self, route: &str);
 }
 
 /// The `:status` of a response header list, when it is a 3-digit number.
@@ -113,6 +120,55 @@ pub fn response_status(headers: &[(String, Vec<u8>)]) -> Option<u32> {
         return None;
     }
     value.parse().ok().filter(|s| (100..=599).contains(s))
+}
+
+/// How long a captured request waits for the backend's own answer, and what
+/// of the client's RFC 7240 `Prefer` was honoured: `respond-async` always
+/// gets the 202 at once; `wait=N` waits up to N seconds, capped by the route;
+/// otherwise the route's mode decides.
+fn effective_wait(route: &Route, prefer: Option<&str>) -> (u64, Option<String>) {
+    let limit_ms = u64::try_from(route.wait_limit.as_millis()).unwrap_or(u64::MAX);
+    if let Some(prefer) = prefer {
+        let respond_async = prefer.split(',').any(|item| {
+            item.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("respond-async")
+        });
+        if respond_async {
+            return (0, Some("respond-async".to_string()));
+        }
+        if let Some(seconds) = prefer_wait_seconds(prefer) {
+            let ms = seconds.saturating_mul(1000).min(limit_ms);
+            return (ms, Some(format!("wait={}", ms / 1000)));
+        }
+    }
+    match route.mode {
+        Mode::Wait => (limit_ms, None),
+        Mode::Async => (0, None),
+    }
+}
+
+/// Backend response headers that reach the client in wait mode: not
+/// pseudo-headers, not hop-by-hop or framing ones, not OpenHQM's own.
+fn is_relayable_backend_header(name: &str) -> bool {
+    !name.starts_with(':')
+        && !name.starts_with("x-openhqm-")
+        && !matches!(
+            name,
+            "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "transfer-encoding"
+                | "te"
+                | "trailer"
+                | "upgrade"
+                | "content-length"
+                | "date"
+                | "server"
+                | "x-correlation-id"
+        )
 }
 
 /// The `wait=N` preference of an RFC 7240 `Prefer` header, in seconds.
@@ -147,6 +203,12 @@ struct Pending {
     body_size: usize,
     /// Whether a body or trailers callback has arrived.
     body_seen: bool,
+    /// Index of the capturing route in the table.
+    route: usize,
+    /// How long the client waits for the backend's own answer; 0 = async.
+    wait_ms: u64,
+    /// What of the client's `Prefer` was honoured, for `Preference-Applied`.
+    preference_applied: Option<String>,
 }
 
 #[derive(Debug)]
@@ -154,8 +216,15 @@ enum State {
     New,
     PassThrough,
     Buffering(Box<Pending>),
-    Capturing { token: u32, correlation_id: String },
-    Relaying { token: u32 },
+    Capturing {
+        token: u32,
+        correlation_id: String,
+        route: usize,
+        preference_applied: Option<String>,
+    },
+    Relaying {
+        token: u32,
+    },
     Done,
 }
 
@@ -237,11 +306,16 @@ impl HttpFilter {
             return Action::Pause;
         }
 
-        let request = RequestInfo { method, path };
-        if config.routes.find(&request).is_none() {
+        let request = RequestInfo {
+            method,
+            path,
+            headers: &headers,
+        };
+        let Some((route_index, route)) = config.routes.find(&request) else {
             self.state = State::PassThrough;
             return Action::Continue;
-        }
+        };
+        let (wait_ms, preference_applied) = effective_wait(route, header_str(&headers, "prefer"));
 
         let correlation_id = host.new_uuid();
         host.log(
@@ -263,6 +337,9 @@ impl HttpFilter {
             authority: header_str(&headers, ":authority").map(str::to_string),
             body_size: 0,
             body_seen: false,
+            route: route_index,
+            wait_ms,
+            preference_applied,
             headers,
         });
         if end_of_stream {
@@ -315,11 +392,13 @@ impl HttpFilter {
         num_headers: usize,
         body_size: usize,
     ) {
-        let correlation_id = match mem::replace(&mut self.state, State::Done) {
+        let capture = match mem::replace(&mut self.state, State::Done) {
             State::Capturing {
                 token: expected,
                 correlation_id,
-            } if expected == token => Some(correlation_id),
+                route,
+                preference_applied,
+            } if expected == token => Some((correlation_id, route, preference_applied)),
             State::Relaying { token: expected } if expected == token => None,
             other => {
                 self.state = other;
@@ -330,6 +409,7 @@ impl HttpFilter {
                 return;
             }
         };
+        let correlation_id = capture.as_ref().map(|(id, _, _)| id.clone());
         let headers = if num_headers > 0 {
             host.call_response_headers()
         } else {
@@ -342,6 +422,25 @@ impl HttpFilter {
             Vec::new()
         };
         let id = correlation_id.as_deref();
+        if let (Some((id, _, applied)), Some(status)) = (&capture, status) {
+            // The backend's own answer (wait mode): relayed as it is.
+            if header_str(&headers, FINAL_RESULT_HEADER).is_some() {
+                let mut out: Vec<(&str, &str)> = Vec::with_capacity(headers.len());
+                for (name, value) in &headers {
+                    if is_relayable_backend_header(name) {
+                        if let Ok(v) = std::str::from_utf8(value) {
+                            out.push((name.as_str(), v));
+                        }
+                    }
+                }
+                out.push((CORRELATION_HEADER, id));
+                if let Some(applied) = applied {
+                    out.push(("preference-applied", applied));
+                }
+                host.send_response(status, &out, &body);
+                return;
+            }
+        }
         let relayed: Option<&[&str]> = match (id, status) {
             (Some(_), Some(200..=299)) => Some(&ACCEPTED_HEADERS),
             (Some(_), Some(400..=499)) => Some(&REJECTED_HEADERS),
@@ -357,6 +456,9 @@ impl HttpFilter {
                 if let Some(id) = id {
                     out.push((CORRELATION_HEADER, id));
                 }
+                if let Some((_, _, Some(applied))) = &capture {
+                    out.push(("preference-applied", applied));
+                }
                 host.send_response(status, &out, &body);
             }
             _ => {
@@ -368,7 +470,10 @@ impl HttpFilter {
                         id.unwrap_or("a status/response relay")
                     ),
                 );
-                self.reply_unavailable(host, id);
+                match &capture {
+                    Some((id, route, _)) => self.bridge_failed(host, id, *route),
+                    None => self.reply_unavailable(host, None),
+                }
             }
         }
     }
@@ -439,6 +544,14 @@ impl HttpFilter {
     fn dispatch_capture<H: Host>(&mut self, host: &mut H, pending: &Pending, body: &[u8]) {
         let config = Rc::clone(&self.config);
         let id = pending.correlation_id.as_str();
+        let Some(route) = config.routes.routes().get(pending.route) else {
+            self.reply_unavailable(host, Some(id));
+            return;
+        };
+        let partition_key = route
+            .partition_key_header
+            .as_deref()
+            .and_then(|name| header_str(&pending.headers, name));
         let meta = FrameMeta {
             correlation_id: id,
             method: &pending.method,
@@ -446,6 +559,11 @@ impl HttpFilter {
             query: pending.query.as_deref(),
             authority: pending.authority.as_deref(),
             headers: &pending.headers,
+            route: &route.name,
+            endpoint: route.endpoint.as_deref(),
+            priority: route.priority.as_deref(),
+            partition_key,
+            wait_ms: pending.wait_ms,
         };
         let frame = match encode_frame(&meta, body) {
             Ok(frame) => frame,
@@ -465,16 +583,17 @@ impl HttpFilter {
             ("content-type", CAPTURE_CONTENT_TYPE),
             (CORRELATION_HEADER, id),
         ];
-        match host.dispatch_http_call(
-            &config.bridge_cluster,
-            &headers,
-            Some(&frame),
-            config.bridge_timeout(),
-        ) {
+        // The bridge holds a waiting capture up to wait_ms before answering.
+        let timeout = config
+            .bridge_timeout()
+            .saturating_add(Duration::from_millis(pending.wait_ms));
+        match host.dispatch_http_call(&config.bridge_cluster, &headers, Some(&frame), timeout) {
             Ok(token) => {
                 self.state = State::Capturing {
                     token,
                     correlation_id: id.to_string(),
+                    route: pending.route,
+                    preference_applied: pending.preference_applied.clone(),
                 }
             }
             Err(e) => {
@@ -485,8 +604,29 @@ impl HttpFilter {
                         config.bridge_cluster
                     ),
                 );
-                self.reply_unavailable(host, Some(id));
+                self.bridge_failed(host, id, pending.route);
             }
+        }
+    }
+
+    /// The bridge could not take a captured request: the route's policy says
+    /// whether the client gets 503 or the app serves it synchronously.
+    fn bridge_failed<H: Host>(&mut self, host: &mut H, correlation_id: &str, route: usize) {
+        let config = Rc::clone(&self.config);
+        match config.routes.routes().get(route) {
+            Some(r) if r.on_bridge_failure == FailurePolicy::Passthrough => {
+                host.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "openhqm: bridge unavailable; serving {correlation_id} (route {}) from the app directly",
+                        r.name
+                    ),
+                );
+                host.count_passthrough(&r.name);
+                self.state = State::PassThrough;
+                host.resume_request();
+            }
+            _ => self.reply_unavailable(host, Some(correlation_id)),
         }
     }
 
@@ -575,6 +715,8 @@ mod tests {
         sent: Vec<Sent>,
         logs: Vec<(LogLevel, String)>,
         uuids: u32,
+        resumed: bool,
+        passthrough: Vec<String>,
     }
 
     impl FakeHost {
@@ -593,6 +735,8 @@ mod tests {
                 sent: Vec::new(),
                 logs: Vec::new(),
                 uuids: 0,
+                resumed: false,
+                passthrough: Vec::new(),
             }
         }
 
@@ -678,6 +822,12 @@ mod tests {
         fn new_uuid(&mut self) -> String {
             self.uuids += 1;
             format!("00000000-0000-4000-8000-{:012x}", self.uuids)
+        }
+        fn resume_request(&mut self) {
+            self.resumed = true;
+        }
+        fn count_passthrough(&mut self, route: &str) {
+            self.passthrough.push(route.to_string());
         }
     }
 
@@ -778,7 +928,7 @@ mod tests {
         assert!(body.is_empty());
         assert_eq!(
             json,
-            json!({"v":1,"correlation_id":ID1,"method":"POST","path":"/orders",
+            json!({"v":1,"correlation_id":ID1,"method":"POST","path":"/orders","route":"/orders",
                    "query":"a=1&b=2","authority":"shop.local",
                    "headers":[["content-type","application/json"],["x-foo","bar"]]})
         );
@@ -1247,5 +1397,156 @@ mod tests {
         assert_eq!(response_status(&h(b"099")), None);
         assert_eq!(response_status(&h(b"\xff")), None);
         assert_eq!(response_status(&[]), None);
+    }
+
+    fn routes_config(routes: &str) -> Rc<Config> {
+        let json = format!(
+            r#"{{"bridge_cluster":"openhqm_bridge","bridge_timeout_ms":1000,"max_wait_ms":20000,"routes":{routes}}}"#
+        );
+        Rc::new(Config::parse(json.as_bytes()).unwrap())
+    }
+
+    fn frame_json(call: &Call) -> serde_json::Value {
+        frame_parts(call.body.as_deref().unwrap()).0
+    }
+
+    #[test]
+    fn wait_route_sends_its_wait_and_metadata_and_waits_that_much_longer() {
+        let cfg = routes_config(
+            r#"[{"name":"lookup","prefix":"/orders","mode":"wait","wait_ms":5000,"endpoint":"orders",
+                 "priority":"high","partition_key_header":"x-customer"}]"#,
+        );
+        let mut host = FakeHost::request("GET", "/orders/7").with_header("x-customer", b"c-42");
+        let mut f = HttpFilter::new(cfg);
+        assert_eq!(f.on_request_headers(&mut host, true), Action::Pause);
+        let call = host.only_call();
+        assert_eq!(
+            call.timeout,
+            Duration::from_millis(6000),
+            "bridge timeout + wait"
+        );
+        let json = frame_json(call);
+        assert_eq!(json["route"], "lookup");
+        assert_eq!(json["wait_ms"], 5000);
+        assert_eq!(json["endpoint"], "orders");
+        assert_eq!(json["priority"], "high");
+        assert_eq!(json["partition_key"], "c-42");
+    }
+
+    #[test]
+    fn prefer_overrides_the_mode_within_the_route_limit() {
+        let cfg = routes_config(r#"[{"prefix":"/orders","mode":"wait","wait_ms":5000}]"#);
+        let run = |prefer: &[u8]| {
+            let mut host = FakeHost::request("POST", "/orders").with_header("prefer", prefer);
+            let mut f = HttpFilter::new(Rc::clone(&cfg));
+            f.on_request_headers(&mut host, true);
+            let wait = frame_json(host.only_call())["wait_ms"]
+                .as_u64()
+                .unwrap_or(0);
+            host.bridge_answers(
+                &[(":status", "202"), ("location", "/api/v1/response/x")],
+                b"{}",
+            );
+            f.on_call_response(&mut host, 42, 2, 2);
+            let applied = host
+                .only_sent()
+                .header("preference-applied")
+                .map(str::to_string);
+            (wait, applied)
+        };
+        assert_eq!(run(b"respond-async"), (0, Some("respond-async".into())));
+        assert_eq!(run(b"wait=2"), (2000, Some("wait=2".into())));
+        assert_eq!(
+            run(b"wait=60"),
+            (5000, Some("wait=5".into())),
+            "capped by the route"
+        );
+        assert_eq!(run(b"handling=strict"), (5000, None), "the route's mode");
+        let async_cfg = routes_config(r#"[{"prefix":"/orders"}]"#);
+        let mut host = FakeHost::request("POST", "/orders");
+        HttpFilter::new(async_cfg).on_request_headers(&mut host, true);
+        assert!(
+            frame_json(host.only_call()).get("wait_ms").is_none(),
+            "async: no wait"
+        );
+    }
+
+    #[test]
+    fn final_backend_answer_is_relayed_as_it_is() {
+        let cfg = routes_config(r#"[{"prefix":"/orders","mode":"wait"}]"#);
+        let mut host = FakeHost::request("GET", "/orders/404");
+        let mut f = HttpFilter::new(cfg);
+        f.on_request_headers(&mut host, true);
+        host.bridge_answers(
+            &[
+                (":status", "404"),
+                ("x-openhqm-result", "final"),
+                ("content-type", "text/plain"),
+                ("x-app", "legacy"),
+                ("set-cookie", "a=1"),
+                ("connection", "close"),
+                ("content-length", "9"),
+                ("x-correlation-id", "from-bridge"),
+            ],
+            b"not found",
+        );
+        f.on_call_response(&mut host, 42, 8, 9);
+        let sent = host.only_sent();
+        assert_eq!(sent.status, 404);
+        assert_eq!(sent.body, b"not found");
+        assert_eq!(sent.header("content-type"), Some("text/plain"));
+        assert_eq!(sent.header("x-app"), Some("legacy"));
+        assert_eq!(sent.header("set-cookie"), Some("a=1"));
+        assert_eq!(sent.header("x-correlation-id"), Some(ID1));
+        for gone in ["x-openhqm-result", "connection", "content-length"] {
+            assert_eq!(sent.header(gone), None, "{gone} is not relayed");
+        }
+        assert!(!host.resumed);
+    }
+
+    #[test]
+    fn passthrough_policy_serves_from_the_app_when_the_bridge_fails() {
+        let cfg = routes_config(
+            r#"[{"name":"orders","prefix":"/orders","on_bridge_failure":"passthrough"}]"#,
+        );
+        // The bridge answers 503.
+        let mut host = FakeHost::request("POST", "/orders");
+        let mut f = HttpFilter::new(Rc::clone(&cfg));
+        f.on_request_headers(&mut host, true);
+        host.bridge_answers(&[(":status", "503")], b"");
+        f.on_call_response(&mut host, 42, 1, 0);
+        assert!(host.sent.is_empty(), "no local reply");
+        assert!(host.resumed, "the request goes on to the app");
+        assert_eq!(host.passthrough, vec!["orders".to_string()]);
+        assert!(f.is_pass_through());
+        // The callout cannot even be made.
+        let mut host = FakeHost::request("POST", "/orders");
+        host.dispatch_result = Err("BadArgument".into());
+        let mut f = HttpFilter::new(Rc::clone(&cfg));
+        f.on_request_headers(&mut host, true);
+        assert!(host.sent.is_empty() && host.resumed);
+        // A 4xx from the bridge is an answer, not a failure: relayed.
+        let mut host = FakeHost::request("POST", "/orders");
+        let mut f = HttpFilter::new(cfg);
+        f.on_request_headers(&mut host, true);
+        host.bridge_answers(
+            &[(":status", "413"), ("content-type", "application/json")],
+            b"{}",
+        );
+        f.on_call_response(&mut host, 42, 2, 2);
+        assert_eq!(host.only_sent().status, 413);
+        assert!(!host.resumed);
+    }
+
+    #[test]
+    fn reject_policy_answers_503() {
+        let cfg = routes_config(r#"[{"prefix":"/orders"}]"#);
+        let mut host = FakeHost::request("POST", "/orders");
+        let mut f = HttpFilter::new(cfg);
+        f.on_request_headers(&mut host, true);
+        host.bridge_answers(&[(":status", "502")], b"");
+        f.on_call_response(&mut host, 42, 1, 0);
+        assert_eq!(host.only_sent().status, 503);
+        assert!(!host.resumed && host.passthrough.is_empty());
     }
 }

@@ -1,53 +1,148 @@
-//! Which requests the filter captures.
+//! Which requests the filter captures, and how.
 //!
 //! A [`RouteTable`] is an ordered list of [`Route`]s; the first route that
-//! matches a request wins. A route is a path matcher plus an optional method
-//! list. The types are deliberately open: exact/regex path matches, header
-//! matches and per-route modes are added as new [`PathMatch`] variants or new
-//! `Route` fields without touching the callers, which only use
-//! [`RouteTable::find`] with a [`RequestInfo`].
+//! matches a request wins. A route matches on the path (exact, prefix or
+//! regex), the method and request headers, and says what to do with what it
+//! captures: the mode (answer 202 at once, or wait for the backend's real
+//! answer), the endpoint and priority passed to the worker, the header that
+//! carries the partition key, and what to do when the bridge fails.
 
-/// What the route matching looks at. Built once per request from the
-/// pseudo-headers; grows with the matchers (headers, authority, ...).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use std::time::Duration;
+
+/// What the route matching looks at. Built once per request.
+#[derive(Debug, Clone, Copy)]
 pub struct RequestInfo<'a> {
     /// The `:method` pseudo-header, as sent (HTTP methods are case-sensitive).
     pub method: &'a str,
     /// The `:path` pseudo-header without its query string.
     pub path: &'a str,
+    /// All request headers (names lower-case, raw values).
+    pub headers: &'a [(String, Vec<u8>)],
 }
 
-/// How a route matches the request path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathMatch {
-    /// The path (without query) starts with this string.
-    Prefix(String),
+impl RequestInfo<'_> {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
 }
+
+/// How a route matches the request path (without query).
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    Prefix(String),
+    Exact(String),
+    /// Matched against the whole path (anchor it with `^...$` to be strict).
+    Regex(regex_lite::Regex),
+}
+
+impl PartialEq for PathMatch {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (PathMatch::Prefix(a), PathMatch::Prefix(b))
+            | (PathMatch::Exact(a), PathMatch::Exact(b)) => a == b,
+            (PathMatch::Regex(a), PathMatch::Regex(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for PathMatch {}
 
 impl PathMatch {
     /// Whether `path` (without query) matches.
     pub fn matches(&self, path: &str) -> bool {
         match self {
             PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            PathMatch::Exact(exact) => path == exact,
+            PathMatch::Regex(re) => re.is_match(path),
         }
     }
+}
+
+/// A condition on one request header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderMatch {
+    /// The header is present (any value).
+    Present(String),
+    /// The header's value is exactly this.
+    Exact(String, Vec<u8>),
+    /// The header's value starts with this.
+    Prefix(String, Vec<u8>),
+}
+
+impl HeaderMatch {
+    fn matches(&self, request: &RequestInfo<'_>) -> bool {
+        match self {
+            HeaderMatch::Present(name) => request.header(name).is_some(),
+            HeaderMatch::Exact(name, value) => request.header(name) == Some(value.as_slice()),
+            HeaderMatch::Prefix(name, value) => {
+                request.header(name).is_some_and(|v| v.starts_with(value))
+            }
+        }
+    }
+}
+
+/// What the client gets for a captured request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `202 Accepted` + `Location` at once.
+    Async,
+    /// The backend's own status, headers and body, as if the client had
+    /// called the app directly; `202` + `Location` if the answer takes longer
+    /// than the route's wait limit.
+    Wait,
+}
+
+/// What happens to a captured request when the bridge cannot take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// `503` + `Retry-After`: the client retries later.
+    Reject,
+    /// Serve it synchronously from the app, as if the filter were not there.
+    Passthrough,
 }
 
 /// One capture route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    /// Path matcher.
+    /// For logs and metrics.
+    pub name: String,
     pub path: PathMatch,
     /// Upper-case method names; empty means any method.
     pub methods: Vec<String>,
+    /// All must match.
+    pub headers: Vec<HeaderMatch>,
+    pub mode: Mode,
+    /// The longest a client waits for the backend's answer on this route, in
+    /// wait mode or with `Prefer: wait=N` (which it also caps).
+    pub wait_limit: Duration,
+    /// Named endpoint (`proxy.endpoints`) the worker sends to.
+    pub endpoint: Option<String>,
+    pub priority: Option<String>,
+    /// Request header whose value is the message's partition (ordering) key.
+    pub partition_key_header: Option<String>,
+    pub on_bridge_failure: FailurePolicy,
 }
 
 impl Route {
-    /// A prefix route; `methods` must already be normalised (upper-case).
+    /// An async prefix route with defaults; `methods` must already be
+    /// normalised (upper-case).
     pub fn prefix(prefix: impl Into<String>, methods: Vec<String>) -> Self {
+        let prefix = prefix.into();
         Route {
-            path: PathMatch::Prefix(prefix.into()),
+            name: prefix.clone(),
+            path: PathMatch::Prefix(prefix),
             methods,
+            headers: Vec::new(),
+            mode: Mode::Async,
+            wait_limit: Duration::from_secs(30),
+            endpoint: None,
+            priority: None,
+            partition_key_header: None,
+            on_bridge_failure: FailurePolicy::Reject,
         }
     }
 
@@ -55,6 +150,7 @@ impl Route {
     pub fn matches(&self, request: &RequestInfo<'_>) -> bool {
         self.path.matches(request.path)
             && (self.methods.is_empty() || self.methods.iter().any(|m| m == request.method))
+            && self.headers.iter().all(|h| h.matches(request))
     }
 }
 
@@ -117,7 +213,13 @@ mod tests {
 
     fn find(method: &str, full_path: &str) -> Option<usize> {
         let (path, _) = split_path(full_path);
-        table().find(&RequestInfo { method, path }).map(|(i, _)| i)
+        table()
+            .find(&RequestInfo {
+                method,
+                path,
+                headers: &[],
+            })
+            .map(|(i, _)| i)
     }
 
     #[test]
@@ -173,8 +275,73 @@ mod tests {
         assert!(t
             .find(&RequestInfo {
                 method: "POST",
-                path: "/orders"
+                path: "/orders",
+                headers: &[],
             })
             .is_none());
+    }
+
+    fn request<'a>(
+        method: &'a str,
+        path: &'a str,
+        headers: &'a [(String, Vec<u8>)],
+    ) -> RequestInfo<'a> {
+        RequestInfo {
+            method,
+            path,
+            headers,
+        }
+    }
+
+    #[test]
+    fn exact_and_regex_paths() {
+        let exact = Route {
+            path: PathMatch::Exact("/orders".into()),
+            ..Route::prefix("/", vec![])
+        };
+        assert!(exact.matches(&request("GET", "/orders", &[])));
+        assert!(!exact.matches(&request("GET", "/orders/1", &[])));
+        let regex = Route {
+            path: PathMatch::Regex(regex_lite::Regex::new(r"^/orders/[0-9]+$").unwrap()),
+            ..Route::prefix("/", vec![])
+        };
+        assert!(regex.matches(&request("GET", "/orders/42", &[])));
+        assert!(!regex.matches(&request("GET", "/orders/abc", &[])));
+        assert!(!regex.matches(&request("GET", "/orders/42/items", &[])));
+    }
+
+    #[test]
+    fn header_conditions_all_must_hold() {
+        let route = Route {
+            headers: vec![
+                HeaderMatch::Present("x-async".into()),
+                HeaderMatch::Exact("x-tenant".into(), b"acme".to_vec()),
+                HeaderMatch::Prefix("content-type".into(), b"application/json".to_vec()),
+            ],
+            ..Route::prefix("/", vec![])
+        };
+        let h = |pairs: &[(&str, &str)]| -> Vec<(String, Vec<u8>)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect()
+        };
+        let all = h(&[
+            ("x-async", ""),
+            ("X-Tenant", "acme"),
+            ("content-type", "application/json; charset=utf-8"),
+        ]);
+        assert!(
+            route.matches(&request("POST", "/x", &all)),
+            "header names are case-insensitive"
+        );
+        let wrong_tenant = h(&[
+            ("x-async", "1"),
+            ("x-tenant", "acme2"),
+            ("content-type", "application/json"),
+        ]);
+        assert!(!route.matches(&request("POST", "/x", &wrong_tenant)));
+        let missing = h(&[("x-tenant", "acme"), ("content-type", "application/json")]);
+        assert!(!route.matches(&request("POST", "/x", &missing)));
     }
 }

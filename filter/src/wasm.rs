@@ -23,7 +23,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{
-    Action as WasmAction, BufferType, ContextType, LogLevel as WasmLogLevel, MapType,
+    Action as WasmAction, BufferType, ContextType, LogLevel as WasmLogLevel, MapType, MetricType,
 };
 
 use crate::config::Config;
@@ -390,6 +390,23 @@ impl Host for WasmHost {
         log(level, message);
     }
 
+    fn resume_request(&mut self) {
+        if let Err(status) = hostcalls::resume_http_request() {
+            log(
+                LogLevel::Error,
+                &format!("openhqm: cannot resume the request: {status:?}"),
+            );
+        }
+    }
+
+    fn count_passthrough(&mut self, _route: &str) {
+        // One Envoy stat for all routes (route names in stat names would be
+        // unbounded); the log line names the route.
+        if let Some(id) = passthrough_metric() {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+
     fn new_uuid(&mut self) -> String {
         let bytes = random_bytes().unwrap_or_else(fallback_bytes);
         uuid::Builder::from_random_bytes(bytes)
@@ -412,6 +429,24 @@ fn random_bytes() -> Option<[u8; 16]> {
     // and the host writes at most `buf_len` bytes into it.
     let errno = unsafe { random_get(bytes.as_mut_ptr(), bytes.len()) };
     (errno == 0).then_some(bytes)
+}
+
+thread_local! {
+    static PASSTHROUGH_METRIC: Cell<Option<u32>> = const { Cell::new(None) };
+}
+
+/// `openhqm_filter_passthrough_total`: requests served from the app because
+/// the bridge failed, defined on first use (per VM).
+fn passthrough_metric() -> Option<u32> {
+    PASSTHROUGH_METRIC.with(|cell| {
+        if cell.get().is_none() {
+            cell.set(
+                hostcalls::define_metric(MetricType::Counter, "openhqm_filter_passthrough_total")
+                    .ok(),
+            );
+        }
+        cell.get()
+    })
 }
 
 thread_local! {

@@ -316,6 +316,7 @@ mod tests {
                 body,
                 body_encoding,
             }),
+            partition_key: None,
         }
     }
 
@@ -385,6 +386,7 @@ mod tests {
             .into_iter()
             .collect(),
             request: None,
+            partition_key: None,
         };
         let out = build(&config, &env, &ep, 1).unwrap();
         assert_eq!(out.method, reqwest::Method::PATCH);

@@ -4,6 +4,7 @@
 //!
 //! - `POST /orders`   ~200 ms; echoes the order (JSON) with an id, or for a
 //!   non-JSON body reports its size and base64 so byte-exactness is visible
+//! - `GET /orders/{id}` the order, or a plain-text 404 with `x-sample-note`
 //! - `GET /healthz`   at once
 //! - `GET /stats`     `{"max_in_flight", "in_flight", "served"}`;
 //!   `POST /stats/reset` zeroes them
@@ -14,7 +15,7 @@
 //!   `x-correlation-id` with status S (default 500), then succeeds
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -42,6 +43,8 @@ struct App {
     next_id: AtomicU64,
     /// Attempts seen per correlation ID, for `x-sample-fail-times`.
     attempts: Mutex<HashMap<String, u64>>,
+    /// Orders created, by id, for `GET /orders/{id}`.
+    orders: Mutex<HashMap<String, Value>>,
 }
 
 /// Counts a request as held from creation to drop, whatever path it takes.
@@ -108,6 +111,7 @@ async fn orders(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
 
     let id = app.next_id.fetch_add(1, Ordering::SeqCst) + 1;
     app.served.fetch_add(1, Ordering::SeqCst);
+    let id = format!("ord-{id}");
     let is_json = header(&headers, "content-type").is_some_and(|c| c.contains("json"));
     let order = if is_json {
         serde_json::from_slice::<Value>(&body).ok()
@@ -115,15 +119,54 @@ async fn orders(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
         None
     };
     let reply = match order {
-        Some(order) => json!({"id": format!("ord-{id}"), "status": "created", "order": order}),
+        Some(order) => json!({"id": id, "status": "created", "order": order}),
         None => json!({
-            "id": format!("ord-{id}"),
+            "id": id,
             "status": "created",
             "received_bytes": body.len(),
             "body_base64": base64(&body),
         }),
     };
+    app.orders
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id.clone(), reply.clone());
     let mut resp = (StatusCode::CREATED, Json(reply)).into_response();
+    resp.headers_mut()
+        .insert("x-served-by", "openhqm-sample-app".parse().expect("static"));
+    if let Ok(location) = format!("/orders/{id}").parse() {
+        resp.headers_mut().insert("location", location);
+    }
+    resp
+}
+
+/// `GET /orders/{id}`: the order, or the app's own 404 (with a body and a
+/// header of its own, so a test can see they reach the client unchanged).
+async fn order(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let _held = InFlight::enter(&app);
+    let delay = header(&headers, "x-sample-delay-ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(delay)).await;
+    let found = app
+        .orders
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&id)
+        .cloned();
+    let mut resp = match found {
+        Some(order) => Json(order).into_response(),
+        None => {
+            let mut r = (StatusCode::NOT_FOUND, format!("no order {id}\n")).into_response();
+            r.headers_mut()
+                .insert("x-sample-note", "unknown-order".parse().expect("static"));
+            r
+        }
+    };
     resp.headers_mut()
         .insert("x-served-by", "openhqm-sample-app".parse().expect("static"));
     resp
@@ -248,9 +291,11 @@ async fn main() {
         served: AtomicU64::new(0),
         next_id: AtomicU64::new(0),
         attempts: Mutex::new(HashMap::new()),
+        orders: Mutex::new(HashMap::new()),
     });
     let router = Router::new()
         .route("/orders", post(orders))
+        .route("/orders/{id}", get(order))
         .route("/healthz", get(healthz))
         .route("/stats", get(stats))
         .route("/stats/reset", post(reset))

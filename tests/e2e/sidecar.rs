@@ -1,0 +1,198 @@
+//! The transparent sidecar: routes in wait mode give an unmodified client
+//! the app's own answer through the queue; Prefer chooses per request; a
+//! route's failure policy decides what happens when the bridge is away.
+//! Uses the shipped envoy/envoy.yaml: `POST /orders` async (reject),
+//! `GET /orders/{id}` in wait mode (passthrough).
+
+use openhqm_e2e::{await_result, client, Stack};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn header(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// Create an order through the queue; its id as the app gave it.
+async fn create_order(stack: &Stack) -> String {
+    let r = client()
+        .post(format!("{}/orders", stack.envoy_url()))
+        .json(&json!({"item": "lamp"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let location = header(&r, "location").unwrap();
+    let result = await_result(&stack.envoy_url(), &location, Duration::from_secs(30)).await;
+    result["result"]["id"]
+        .as_str()
+        .expect("order id")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_mode_gives_the_client_the_apps_own_answer() {
+    let mut stack = Stack::new("sidecar-wait");
+    stack.start_all(10).await;
+    let c = client();
+    let id = create_order(&stack).await;
+
+    // Found: the app's 200 and JSON, through the queue.
+    let r = c
+        .get(format!("{}/orders/{id}", stack.envoy_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        header(&r, "x-served-by").as_deref(),
+        Some("openhqm-sample-app"),
+        "the app's own headers"
+    );
+    assert!(
+        header(&r, "x-correlation-id").is_some(),
+        "it went through the queue"
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["order"], json!({"item": "lamp"}));
+
+    // Not found: the app's own 404, its body and its header, unchanged.
+    let r = c
+        .get(format!("{}/orders/ord-missing", stack.envoy_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    assert_eq!(
+        header(&r, "x-sample-note").as_deref(),
+        Some("unknown-order")
+    );
+    assert!(header(&r, "x-correlation-id").is_some());
+    assert!(
+        header(&r, "x-openhqm-result").is_none(),
+        "OpenHQM's marker stays internal"
+    );
+    assert_eq!(r.text().await.unwrap(), "no order ord-missing\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_longer_than_the_limit_falls_back_to_202_and_prefer_chooses_per_request() {
+    let mut stack = Stack::new("sidecar-prefer");
+    stack.start_all(10).await;
+    let c = client();
+    let id = create_order(&stack).await;
+
+    // The app takes 3 s; the client asked to wait 1 s: 202 + Location.
+    let started = Instant::now();
+    let r = c
+        .get(format!("{}/orders/{id}", stack.envoy_url()))
+        .header("prefer", "wait=1")
+        .header("x-sample-delay-ms", "3000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(header(&r, "preference-applied").as_deref(), Some("wait=1"));
+    let location = header(&r, "location").expect("Location to fetch the answer later");
+    let result = await_result(&stack.envoy_url(), &location, Duration::from_secs(30)).await;
+    assert_eq!(result["status"], "COMPLETED");
+    assert_eq!(result["status_code"], 200);
+
+    // respond-async on a wait route: 202 at once.
+    let started = Instant::now();
+    let r = c
+        .get(format!("{}/orders/{id}", stack.envoy_url()))
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    assert_eq!(
+        header(&r, "preference-applied").as_deref(),
+        Some("respond-async")
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // Prefer: wait on the async route: the final answer if it comes in time.
+    let r = c
+        .post(format!("{}/orders", stack.envoy_url()))
+        .header("prefer", "wait=10")
+        .json(&json!({"item": "desk"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "the app's own 201 Created");
+    assert_eq!(header(&r, "preference-applied").as_deref(), Some("wait=10"));
+    assert!(
+        header(&r, "location").unwrap().starts_with("/orders/ord-"),
+        "the app's own Location"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_outage_follows_each_routes_failure_policy() {
+    let mut stack = Stack::new("sidecar-policy");
+    stack.start_app(10).await;
+    let bridge = stack.start_bridge().await;
+    stack.start_worker();
+    stack.start_envoy().await;
+    let c = client();
+    let id = create_order(&stack).await;
+    stack.proc(bridge).kill();
+
+    // order-lookup is `passthrough`: served by the app synchronously.
+    let r = c
+        .get(format!("{}/orders/{id}", stack.envoy_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        header(&r, "x-served-by").as_deref(),
+        Some("openhqm-sample-app")
+    );
+    assert!(
+        header(&r, "x-correlation-id").is_none(),
+        "not through the queue"
+    );
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["order"],
+        json!({"item": "lamp"})
+    );
+
+    // create-order is `reject`: 503 + Retry-After, nothing reaches the app.
+    let served = stack.app_stats().await["served"].as_u64().unwrap();
+    let r = c
+        .post(format!("{}/orders", stack.envoy_url()))
+        .json(&json!({"item": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(header(&r, "retry-after").is_some());
+    assert_eq!(stack.app_stats().await["served"].as_u64().unwrap(), served);
+
+    // The passthrough is counted in Envoy's stats.
+    let stats = c
+        .get(format!(
+            "http://127.0.0.1:{}/stats?filter=openhqm_filter_passthrough_total",
+            stack.admin_port
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count: u64 = stats
+        .lines()
+        .find_map(|l| {
+            l.split_once("openhqm_filter_passthrough_total: ")
+                .map(|(_, n)| n.trim().parse().unwrap_or(0))
+        })
+        .unwrap_or_else(|| panic!("no passthrough stat in {stats:?}"));
+    assert_eq!(count, 1);
+}
