@@ -2,6 +2,7 @@
 //! filter's capture endpoint.
 
 use crate::error::ApiError;
+use crate::idempotency::{self, Idempotency};
 use crate::prefer::Prefer;
 use crate::AppState;
 use axum::body::Body;
@@ -15,7 +16,7 @@ use openhqm_core::envelope::{
 };
 use openhqm_core::model::{is_valid_correlation_id, result_json, RequestRecord, Status};
 use openhqm_core::queue::{Message, QueueError};
-use openhqm_core::store::PutOutcome;
+use openhqm_core::store::{IdempotencyClaim, PutOutcome};
 use openhqm_core::time::now_rfc3339;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -120,7 +121,16 @@ pub async fn submit(
         request: None,
         partition_key: None,
     };
-    accept(&state, envelope, Prefer::from_headers(&headers)).await
+    let idempotency = header_str(&headers, idempotency::HEADER)
+        .map(|v| Idempotency::new(&v, "POST", "/api/v1/submit", None, &body))
+        .transpose()?;
+    accept(
+        &state,
+        envelope,
+        Prefer::from_headers(&headers),
+        idempotency,
+    )
+    .await
 }
 
 /// `POST /internal/v1/capture`: a request captured by the filter.
@@ -181,21 +191,34 @@ pub async fn capture(
         request: Some(HttpRequest::from_capture(&meta, body)),
         partition_key: meta.partition_key.clone(),
     };
-    let accepted = accept(&state, envelope, Prefer::default()).await?;
+    let idempotency = meta
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(idempotency::HEADER))
+        .map(|(_, v)| Idempotency::new(v, &meta.method, &meta.path, meta.query.as_deref(), body))
+        .transpose()?;
+    let accepted = accept(&state, envelope, Prefer::default(), idempotency).await?;
     if meta.wait_ms == 0 || accepted.status() != StatusCode::ACCEPTED {
         return Ok(accepted);
     }
+    // The request's ID: the first request's when this one is a repeat.
+    let id = accepted
+        .headers()
+        .get("x-correlation-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(&meta.correlation_id)
+        .to_string();
     // Wait mode: hold the answer until the backend's own response is stored
     // (by any worker) or the route's wait runs out. The filter's callout
     // timeout is the bridge timeout plus this wait, so the answer always
     // reaches the client.
     let cap_ms = state.config.server.max_wait_seconds.saturating_mul(1000);
     let wait = Duration::from_millis(meta.wait_ms.min(cap_ms));
-    match state.store.wait_final(&meta.correlation_id, wait).await {
+    match state.store.wait_final(&id, wait).await {
         Ok(Some(record)) if record.status.is_final() => Ok(final_backend_answer(&record)),
         Ok(_) => Ok(accepted),
         Err(e) => {
-            tracing::warn!(correlation_id = %meta.correlation_id, error = %e, "waiting for the result failed");
+            tracing::warn!(correlation_id = %id, error = %e, "waiting for the result failed");
             Ok(accepted)
         }
     }
@@ -243,33 +266,102 @@ fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 /// Record PENDING, publish durably, and only then answer 202 (or, with
-/// `Prefer: wait=N`, the final result if it comes within N seconds).
+/// `Prefer: wait=N`, the final result if it comes within N seconds). With an
+/// `Idempotency-Key`, a repeat of a request already accepted is answered
+/// for the first one, without enqueueing again.
 async fn accept(
     state: &AppState,
     envelope: Envelope,
     prefer: Prefer,
+    idempotency: Option<Idempotency>,
 ) -> Result<Response, ApiError> {
     let retry_after = state.config.server.retry_after_seconds;
     let id = envelope.correlation_id.clone();
+    let store_down = |e: &dyn std::fmt::Display| {
+        tracing::error!(correlation_id = %id, error = %e, "result store unavailable");
+        ApiError::unavailable(
+            "store_unavailable",
+            "the result store is unavailable; retry later",
+            retry_after,
+        )
+    };
+    if let Some(idem) = &idempotency {
+        match state
+            .store
+            .claim_idempotency_key(&idem.key, &idem.fingerprint, &id, state.ttl)
+            .await
+        {
+            Ok(IdempotencyClaim::Claimed) => {}
+            Ok(IdempotencyClaim::Existing {
+                fingerprint,
+                correlation_id,
+            }) if fingerprint == idem.fingerprint => {
+                tracing::info!(correlation_id = %correlation_id, "idempotent repeat; not enqueued again");
+                let submitted_at = match state.store.get(&correlation_id).await {
+                    Ok(Some(r)) => r.submitted_at,
+                    _ => envelope.submitted_at.clone(),
+                };
+                let replayed = ("idempotent-replayed", "true".to_string());
+                return Ok(respond_accepted(
+                    state,
+                    &correlation_id,
+                    &submitted_at,
+                    prefer,
+                    vec![replayed],
+                )
+                .await);
+            }
+            Ok(IdempotencyClaim::Existing { .. }) => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_mismatch",
+                    "this Idempotency-Key was already used for a different request",
+                ))
+            }
+            Err(e) => return Err(store_down(&e)),
+        }
+    }
+    // Whatever fails from here on, the request was not accepted: its key
+    // must not keep pointing at it.
+    let release = || async {
+        if let Some(idem) = &idempotency {
+            let _ = state.store.release_idempotency_key(&idem.key, &id).await;
+        }
+    };
+    // A correlation ID the client chose (through the filter) must be new.
+    if envelope.source == Source::Filter {
+        match state.store.get(&id).await {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                release().await;
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "duplicate_correlation_id",
+                    "a request with this correlation ID was already accepted",
+                ));
+            }
+            Err(e) => {
+                release().await;
+                return Err(store_down(&e));
+            }
+        }
+    }
     let record = RequestRecord::pending(&id, &envelope.submitted_at);
     // PENDING first: once published, a worker may mark the request
     // PROCESSING at any moment, and that must not be overwritten.
     match state.store.put(&record, state.ttl).await {
         Ok(PutOutcome::Written) => {}
         Ok(PutOutcome::KeptFinal) => {
+            release().await;
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "duplicate_correlation_id",
                 "a request with this correlation ID has already completed",
-            ))
+            ));
         }
         Err(e) => {
-            tracing::error!(correlation_id = %id, error = %e, "result store write failed");
-            return Err(ApiError::unavailable(
-                "store_unavailable",
-                "the result store is unavailable; retry later",
-                retry_after,
-            ));
+            release().await;
+            return Err(store_down(&e));
         }
     }
     let message = Message {
@@ -282,6 +374,7 @@ async fn accept(
     if let Err(e) = state.requests.publish(message).await {
         // Not accepted: forget the PENDING record so the ID does not linger.
         let _ = state.store.delete(&id).await;
+        release().await;
         return Err(match e {
             QueueError::TooLarge { max, .. } => {
                 state
@@ -321,16 +414,26 @@ async fn accept(
     };
     state.metrics.accepted.with_label_values(&[source]).inc();
     tracing::info!(correlation_id = %id, source, "accepted");
-    let location = ("location", format!("/api/v1/response/{id}"));
-    let correlation = ("x-correlation-id", id.clone());
+    Ok(respond_accepted(state, &id, &envelope.submitted_at, prefer, Vec::new()).await)
+}
+
+/// The answer for an accepted request: 202 + Location, or with `Prefer:
+/// wait=N` the final result if it comes in time.
+async fn respond_accepted(
+    state: &AppState,
+    id: &str,
+    submitted_at: &str,
+    prefer: Prefer,
+    mut headers: Vec<(&'static str, String)>,
+) -> Response {
+    let retry_after = state.config.server.retry_after_seconds;
+    headers.push(("location", format!("/api/v1/response/{id}")));
+    headers.push(("x-correlation-id", id.to_string()));
     if let Some(wait) = prefer.wait(state.config.server.max_wait_seconds) {
-        let applied = ("preference-applied", format!("wait={wait}"));
-        match state.store.wait_final(&id, Duration::from_secs(wait)).await {
+        headers.push(("preference-applied", format!("wait={wait}")));
+        match state.store.wait_final(id, Duration::from_secs(wait)).await {
             Ok(Some(record)) if record.status.is_final() => {
-                return Ok(with_headers(
-                    Json(result_json(&record)).into_response(),
-                    &[location, correlation, applied],
-                ));
+                return with_headers(Json(result_json(&record)).into_response(), &headers);
             }
             Ok(_) => {}
             // Accepted all the same: the client fetches the result later.
@@ -338,24 +441,10 @@ async fn accept(
                 tracing::warn!(correlation_id = %id, error = %e, "waiting for the result failed")
             }
         }
-        let headers = [location, correlation, applied];
-        return Ok(accepted_response(
-            &id,
-            &envelope.submitted_at,
-            retry_after,
-            &headers,
-        ));
-    }
-    let mut headers = vec![location, correlation];
-    if prefer.respond_async {
+    } else if prefer.respond_async {
         headers.push(("preference-applied", "respond-async".to_string()));
     }
-    Ok(accepted_response(
-        &id,
-        &envelope.submitted_at,
-        retry_after,
-        &headers,
-    ))
+    accepted_response(id, submitted_at, retry_after, &headers)
 }
 
 fn accepted_response(

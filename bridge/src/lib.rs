@@ -3,6 +3,7 @@
 
 mod api;
 mod error;
+mod idempotency;
 mod metrics;
 mod prefer;
 

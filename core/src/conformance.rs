@@ -16,7 +16,7 @@ use crate::queue::{
     dead_letter, dlq_attr, Capabilities, Delivery, Message, Queue, QueueBackend, QueueError,
     Support,
 };
-use crate::store::{PutOutcome, ResultStore};
+use crate::store::{IdempotencyClaim, PutOutcome, ResultStore};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -563,6 +563,68 @@ pub async fn store_wait_final_wakes_on_completion_elsewhere(factory: &StoreFacto
         .is_none());
 }
 
+/// An idempotency key is claimed once; later claims learn the first one;
+/// a release frees it only for the request that holds it.
+pub async fn store_idempotency_keys_are_claimed_once(factory: &StoreFactory) {
+    let a = factory().await;
+    let b = factory().await;
+    let key = format!("key-{}", uuid::Uuid::new_v4().simple());
+    let ttl = Duration::from_secs(60);
+    assert_eq!(
+        a.claim_idempotency_key(&key, "fp-1", "id-1", ttl)
+            .await
+            .expect("claim"),
+        IdempotencyClaim::Claimed
+    );
+    let first = IdempotencyClaim::Existing {
+        fingerprint: "fp-1".into(),
+        correlation_id: "id-1".into(),
+    };
+    assert_eq!(
+        b.claim_idempotency_key(&key, "fp-1", "id-2", ttl)
+            .await
+            .expect("claim"),
+        first
+    );
+    assert_eq!(
+        b.claim_idempotency_key(&key, "fp-other", "id-3", ttl)
+            .await
+            .expect("claim"),
+        first
+    );
+    b.release_idempotency_key(&key, "id-2")
+        .await
+        .expect("release");
+    assert_eq!(
+        a.claim_idempotency_key(&key, "fp-1", "id-4", ttl)
+            .await
+            .expect("claim"),
+        first,
+        "not released by another request"
+    );
+    a.release_idempotency_key(&key, "id-1")
+        .await
+        .expect("release");
+    assert_eq!(
+        b.claim_idempotency_key(&key, "fp-5", "id-5", ttl)
+            .await
+            .expect("claim"),
+        IdempotencyClaim::Claimed
+    );
+    let short = format!("{key}-short");
+    a.claim_idempotency_key(&short, "fp", "id", Duration::from_millis(300))
+        .await
+        .expect("claim");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        b.claim_idempotency_key(&short, "fp2", "id2", ttl)
+            .await
+            .expect("claim"),
+        IdempotencyClaim::Claimed,
+        "claims expire"
+    );
+}
+
 /// One `#[tokio::test]` per queue case. `$guard` is a `bool` expression
 /// (for example [`server_available`]); when false the case returns at once.
 #[macro_export]
@@ -601,7 +663,8 @@ macro_rules! store_conformance_tests {
         $crate::store_conformance_tests!(@cases $guard, $factory;
             store_keeps_the_first_final_outcome,
             store_records_expire,
-            store_wait_final_wakes_on_completion_elsewhere
+            store_wait_final_wakes_on_completion_elsewhere,
+            store_idempotency_keys_are_claimed_once
         );
     };
     (@cases $guard:expr, $factory:expr; $($case:ident),*) => {

@@ -41,8 +41,31 @@ pub struct Config {
     pub api_prefix: String,
     /// Longest `Prefer: wait` honoured on a relayed lookup, in milliseconds.
     pub max_wait_ms: u64,
+    /// Response header that carries the correlation ID to the client.
+    pub correlation_header: String,
+    /// Reuse a valid (UUID) correlation ID the client sent in
+    /// `correlation_header` instead of making a new one.
+    pub trust_inbound_correlation: bool,
+    /// Which client headers travel with a captured request to the backend.
+    pub header_policy: HeaderPolicy,
     /// Capture routes, first match wins.
     pub routes: RouteTable,
+}
+
+/// Which request headers are carried to the backend (lower-case names):
+/// only `allow`ed ones when `allow` is not empty, never `deny`ed ones.
+/// Hop-by-hop headers are dropped regardless.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderPolicy {
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+}
+
+impl HeaderPolicy {
+    pub fn permits(&self, name: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        (self.allow.is_empty() || self.allow.contains(&name)) && !self.deny.contains(&name)
+    }
 }
 
 /// A configuration problem, naming the key and what is wrong.
@@ -97,6 +120,12 @@ struct RawConfig {
     api_prefix: String,
     #[serde(default = "default_max_wait_ms")]
     max_wait_ms: u64,
+    #[serde(default)]
+    correlation_header: Option<String>,
+    #[serde(default)]
+    trust_inbound_correlation: bool,
+    #[serde(default)]
+    headers: Option<RawHeaderPolicy>,
     routes: Vec<RawRoute>,
 }
 
@@ -128,6 +157,15 @@ struct RawRoute {
     partition_key_header: Option<String>,
     #[serde(default)]
     on_bridge_failure: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderPolicy {
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
 }
 
 /// `{"name": "x-tenant", "exact": "acme"}`, `"prefix": ...` or `"present": true`.
@@ -220,6 +258,34 @@ impl RawConfig {
             ));
         }
         let api_prefix = self.api_prefix.trim_end_matches('/').to_string();
+        let correlation_header = match self.correlation_header {
+            None => "x-correlation-id".to_string(),
+            Some(h) if !h.trim().is_empty() && h.trim().bytes().all(is_tchar) => {
+                h.trim().to_ascii_lowercase()
+            }
+            Some(h) => {
+                return err(format!(
+                    "`correlation_header` is not a header name (got {h:?})"
+                ))
+            }
+        };
+        let mut header_policy = HeaderPolicy::default();
+        if let Some(raw) = self.headers {
+            for (list, names, out) in [
+                ("allow", raw.allow, &mut header_policy.allow),
+                ("deny", raw.deny, &mut header_policy.deny),
+            ] {
+                for (i, name) in names.into_iter().enumerate() {
+                    let n = name.trim().to_ascii_lowercase();
+                    if n.is_empty() || !n.bytes().all(is_tchar) {
+                        return err(format!(
+                            "`headers.{list}[{i}]` is not a header name (got {name:?})"
+                        ));
+                    }
+                    out.push(n);
+                }
+            }
+        }
 
         let mut routes = Vec::with_capacity(self.routes.len());
         for (i, raw) in self.routes.into_iter().enumerate() {
@@ -233,6 +299,9 @@ impl RawConfig {
             retry_after_seconds: self.retry_after_seconds,
             api_prefix,
             max_wait_ms: self.max_wait_ms,
+            correlation_header,
+            trust_inbound_correlation: self.trust_inbound_correlation,
+            header_policy,
             routes: RouteTable::new(routes),
         })
     }

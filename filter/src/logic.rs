@@ -122,6 +122,15 @@ pub fn response_status(headers: &[(String, Vec<u8>)]) -> Option<u32> {
     value.parse().ok().filter(|s| (100..=599).contains(s))
 }
 
+/// A hyphenated UUID (any version), as a client-supplied correlation ID must be.
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
 /// How long a captured request waits for the backend's own answer, and what
 /// of the client's RFC 7240 `Prefer` was honoured: `respond-async` always
 /// gets the 202 at once; `wait=N` waits up to N seconds, capped by the route;
@@ -278,7 +287,10 @@ impl HttpFilter {
         );
         let headers = [
             ("content-type", JSON),
-            (CORRELATION_HEADER, pending.correlation_id.as_str()),
+            (
+                self.config.correlation_header.as_str(),
+                pending.correlation_id.as_str(),
+            ),
         ];
         host.send_response(500, &headers, PROXY_MISCONFIGURED_BODY.as_bytes());
     }
@@ -317,7 +329,12 @@ impl HttpFilter {
         };
         let (wait_ms, preference_applied) = effective_wait(route, header_str(&headers, "prefer"));
 
-        let correlation_id = host.new_uuid();
+        let correlation_id = match header_str(&headers, &config.correlation_header) {
+            Some(inbound) if config.trust_inbound_correlation && is_uuid(inbound.trim()) => {
+                inbound.trim().to_ascii_lowercase()
+            }
+            _ => host.new_uuid(),
+        };
         host.log(
             LogLevel::Debug,
             &format!("openhqm: capturing {method} {path} as {correlation_id}"),
@@ -421,8 +438,14 @@ impl HttpFilter {
         } else {
             Vec::new()
         };
-        let id = correlation_id.as_deref();
-        if let (Some((id, _, applied)), Some(status)) = (&capture, status) {
+        // A capture's ID as the bridge accepted it: for a repeated
+        // Idempotency-Key that is the first request's, not the one made here.
+        let bridge_id = header_str(&headers, CORRELATION_HEADER).filter(|v| is_uuid(v));
+        let id = match (correlation_id.as_deref(), status) {
+            (Some(own), Some(200..=299)) => Some(bridge_id.unwrap_or(own)),
+            (own, _) => own,
+        };
+        if let (Some((_, _, applied)), Some(status), Some(id)) = (&capture, status, id) {
             // The backend's own answer (wait mode): relayed as it is.
             if header_str(&headers, FINAL_RESULT_HEADER).is_some() {
                 let mut out: Vec<(&str, &str)> = Vec::with_capacity(headers.len());
@@ -433,7 +456,7 @@ impl HttpFilter {
                         }
                     }
                 }
-                out.push((CORRELATION_HEADER, id));
+                out.push((self.config.correlation_header.as_str(), id));
                 if let Some(applied) = applied {
                     out.push(("preference-applied", applied));
                 }
@@ -454,7 +477,7 @@ impl HttpFilter {
                     .filter_map(|name| header_str(&headers, name).map(|v| (*name, v)))
                     .collect();
                 if let Some(id) = id {
-                    out.push((CORRELATION_HEADER, id));
+                    out.push((self.config.correlation_header.as_str(), id));
                 }
                 if let Some((_, _, Some(applied))) = &capture {
                     out.push(("preference-applied", applied));
@@ -548,6 +571,13 @@ impl HttpFilter {
             self.reply_unavailable(host, Some(id));
             return;
         };
+        // Only the headers the policy lets through travel to the backend.
+        let forwarded: Headers = pending
+            .headers
+            .iter()
+            .filter(|(name, _)| config.header_policy.permits(name))
+            .cloned()
+            .collect();
         let partition_key = route
             .partition_key_header
             .as_deref()
@@ -558,7 +588,7 @@ impl HttpFilter {
             path: &pending.path,
             query: pending.query.as_deref(),
             authority: pending.authority.as_deref(),
-            headers: &pending.headers,
+            headers: &forwarded,
             route: &route.name,
             endpoint: route.endpoint.as_deref(),
             priority: route.priority.as_deref(),
@@ -638,7 +668,7 @@ impl HttpFilter {
             ("retry-after", retry_after.as_str()),
         ];
         if let Some(id) = correlation_id {
-            headers.push((CORRELATION_HEADER, id));
+            headers.push((self.config.correlation_header.as_str(), id));
         }
         host.send_response(503, &headers, UNAVAILABLE_BODY.as_bytes());
     }
@@ -653,7 +683,10 @@ impl HttpFilter {
             LogLevel::Info,
             &format!("openhqm: {correlation_id} rejected: body larger than max_body_bytes"),
         );
-        let headers = [("content-type", JSON), (CORRELATION_HEADER, correlation_id)];
+        let headers = [
+            ("content-type", JSON),
+            (self.config.correlation_header.as_str(), correlation_id),
+        ];
         host.send_response(413, &headers, body.as_bytes());
     }
 }
@@ -1548,5 +1581,78 @@ mod tests {
         f.on_call_response(&mut host, 42, 1, 0);
         assert_eq!(host.only_sent().status, 503);
         assert!(!host.resumed && host.passthrough.is_empty());
+    }
+
+    #[test]
+    fn inbound_correlation_id_is_reused_only_when_trusted_and_valid() {
+        const INBOUND: &str = "6F9619FF-8B86-4011-B42D-00C04FC964FF";
+        let run = |extra: &str, value: &[u8]| {
+            let cfg = routes_config(&format!(r#"[{{"prefix":"/orders"}}]{extra}"#));
+            let mut host = FakeHost::request("POST", "/orders").with_header("x-request-id", value);
+            let mut f = HttpFilter::new(cfg);
+            f.on_request_headers(&mut host, true);
+            let frame_id = frame_json(host.only_call())["correlation_id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            host.bridge_answers(&[(":status", "202")], b"{}");
+            f.on_call_response(&mut host, 42, 1, 2);
+            let echoed = host.only_sent().header("x-request-id").map(str::to_string);
+            (frame_id, echoed)
+        };
+        let trusted = r#","correlation_header":"X-Request-Id","trust_inbound_correlation":true"#;
+        let (id, echoed) = run(trusted, INBOUND.as_bytes());
+        assert_eq!(id, INBOUND.to_ascii_lowercase());
+        assert_eq!(
+            echoed.as_deref(),
+            Some(id.as_str()),
+            "echoed in the configured header"
+        );
+        let (id, _) = run(trusted, b"not-a-uuid");
+        assert_eq!(id, ID1, "an invalid inbound ID is replaced");
+        let (id, echoed) = run(
+            r#","correlation_header":"x-request-id""#,
+            INBOUND.as_bytes(),
+        );
+        assert_eq!(id, ID1, "not trusted unless configured");
+        assert_eq!(echoed.as_deref(), Some(ID1));
+    }
+
+    #[test]
+    fn header_policy_decides_what_reaches_the_backend() {
+        let frame_headers = |extra: &str| {
+            let cfg = routes_config(&format!(r#"[{{"prefix":"/orders"}}]{extra}"#));
+            let mut host = FakeHost::request("POST", "/orders")
+                .with_header("authorization", b"Bearer secret")
+                .with_header("x-tenant", b"acme")
+                .with_header("cookie", b"s=1")
+                .with_header("connection", b"close");
+            HttpFilter::new(cfg).on_request_headers(&mut host, true);
+            let json = frame_json(host.only_call());
+            json["headers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h[0].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            frame_headers(""),
+            vec!["authorization", "x-tenant", "cookie"],
+            "default: all but hop-by-hop"
+        );
+        assert_eq!(
+            frame_headers(r#","headers":{"deny":["Cookie","authorization"]}"#),
+            vec!["x-tenant"]
+        );
+        assert_eq!(
+            frame_headers(r#","headers":{"allow":["x-tenant","cookie"],"deny":["cookie"]}"#),
+            vec!["x-tenant"]
+        );
+        let e = Config::parse(
+            br#"{"bridge_cluster":"c","routes":[],"headers":{"allow":["bad name"]}}"#,
+        )
+        .unwrap_err();
+        assert!(e.0.contains("`headers.allow[0]`"), "{e}");
     }
 }

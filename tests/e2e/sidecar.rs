@@ -196,3 +196,80 @@ async fn bridge_outage_follows_each_routes_failure_policy() {
         .unwrap_or_else(|| panic!("no passthrough stat in {stats:?}"));
     assert_eq!(count, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_repeats_return_the_first_request_and_enqueue_nothing() {
+    let mut stack = Stack::new("sidecar-idem");
+    stack.start_all(10).await;
+    let c = client();
+    let post = |key: &'static str, body: Value| {
+        let c = c.clone();
+        let url = format!("{}/orders", stack.envoy_url());
+        async move {
+            c.post(url)
+                .header("idempotency-key", key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+
+    let first = post("order-123", json!({"item": "chair"})).await;
+    assert_eq!(first.status().as_u16(), 202);
+    let id = header(&first, "x-correlation-id").unwrap();
+    let location = header(&first, "location").unwrap();
+    await_result(&stack.envoy_url(), &location, Duration::from_secs(30)).await;
+
+    // The same request again: the first one's ID, nothing new enqueued.
+    let again = post("order-123", json!({"item": "chair"})).await;
+    assert_eq!(again.status().as_u16(), 202);
+    assert_eq!(
+        header(&again, "x-correlation-id").as_deref(),
+        Some(id.as_str())
+    );
+    assert_eq!(
+        header(&again, "location").as_deref(),
+        Some(location.as_str())
+    );
+    assert_eq!(
+        again.json::<Value>().await.unwrap()["correlation_id"],
+        json!(id)
+    );
+
+    // The same key with a different request: 422.
+    let other = post("order-123", json!({"item": "table"})).await;
+    assert_eq!(other.status().as_u16(), 422);
+    assert_eq!(
+        other.json::<Value>().await.unwrap()["error"],
+        "idempotency_key_mismatch"
+    );
+
+    // The submit API honours the header too.
+    let submit = |key: &'static str, n: u32| {
+        let c = c.clone();
+        let url = format!("{}/api/v1/submit", stack.bridge_url());
+        async move {
+            c.post(url)
+                .header("idempotency-key", key)
+                .json(&json!({"payload": {"n": n}, "metadata": {"endpoint": "orders"}}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let a = submit("job-1", 1).await;
+    let b = submit("job-1", 1).await;
+    assert_eq!(
+        header(&a, "x-correlation-id"),
+        header(&b, "x-correlation-id")
+    );
+    assert_eq!(header(&b, "idempotent-replayed").as_deref(), Some("true"));
+    assert_eq!(submit("job-1", 2).await.status().as_u16(), 422);
+    let location = header(&a, "location").unwrap();
+    await_result(&stack.bridge_url(), &location, Duration::from_secs(30)).await;
+
+    // Exactly one order per key reached the app.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stack.app_stats().await["served"], 2);
+}

@@ -2,7 +2,7 @@
 //! by the processes on one machine. Expired rows are invisible at once and
 //! deleted by `purge_expired`, which bridge and worker call periodically.
 
-use super::{PutOutcome, ResultStore, StoreError};
+use super::{IdempotencyClaim, PutOutcome, ResultStore, StoreError};
 use crate::model::RequestRecord;
 use crate::sqlite::SharedDb;
 use crate::time::now_ms;
@@ -20,6 +20,12 @@ CREATE TABLE IF NOT EXISTS results (
     expires_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS results_expiry ON results (expires_at);
+CREATE TABLE IF NOT EXISTS idempotency (
+    key            TEXT    PRIMARY KEY,
+    fingerprint    TEXT    NOT NULL,
+    correlation_id TEXT    NOT NULL,
+    expires_at     INTEGER NOT NULL
+);
 ";
 
 pub struct EmbeddedStore {
@@ -103,10 +109,78 @@ impl ResultStore for EmbeddedStore {
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         let n = self
             .db
-            .call(|conn| conn.execute("DELETE FROM results WHERE expires_at <= ?1", params![now()]))
+            .call(|conn| {
+                let now = now();
+                conn.execute(
+                    "DELETE FROM idempotency WHERE expires_at <= ?1",
+                    params![now],
+                )?;
+                conn.execute("DELETE FROM results WHERE expires_at <= ?1", params![now])
+            })
             .await
             .map_err(StoreError::Unavailable)?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn claim_idempotency_key(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        correlation_id: &str,
+        ttl: Duration,
+    ) -> Result<IdempotencyClaim, StoreError> {
+        let (key, fingerprint, id) = (
+            key.to_string(),
+            fingerprint.to_string(),
+            correlation_id.to_string(),
+        );
+        let expires = now().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2));
+        self.db
+            .call(move |conn| {
+                // An expired claim counts as absent.
+                let inserted = conn.execute(
+                    "INSERT INTO idempotency (key, fingerprint, correlation_id, expires_at)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(key) DO UPDATE SET
+                        fingerprint = excluded.fingerprint, correlation_id = excluded.correlation_id,
+                        expires_at = excluded.expires_at
+                     WHERE idempotency.expires_at <= ?5",
+                    params![key, fingerprint, id, expires, now()],
+                )?;
+                if inserted > 0 {
+                    return Ok(IdempotencyClaim::Claimed);
+                }
+                conn.query_row(
+                    "SELECT fingerprint, correlation_id FROM idempotency WHERE key = ?1",
+                    params![key],
+                    |r| {
+                        Ok(IdempotencyClaim::Existing {
+                            fingerprint: r.get(0)?,
+                            correlation_id: r.get(1)?,
+                        })
+                    },
+                )
+            })
+            .await
+            .map_err(StoreError::Unavailable)
+    }
+
+    async fn release_idempotency_key(
+        &self,
+        key: &str,
+        correlation_id: &str,
+    ) -> Result<(), StoreError> {
+        let (key, id) = (key.to_string(), correlation_id.to_string());
+        self.db
+            .call(move |conn| {
+                conn.execute(
+                    "DELETE FROM idempotency WHERE key = ?1 AND correlation_id = ?2",
+                    params![key, id],
+                )
+            })
+            .await
+            .map_err(StoreError::Unavailable)?;
+        Ok(())
     }
 }
 

@@ -28,6 +28,19 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// The outcome of claiming an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyClaim {
+    /// The key is new: it now belongs to this request.
+    Claimed,
+    /// The key was already used, by this request (same fingerprint) or
+    /// another one.
+    Existing {
+        fingerprint: String,
+        correlation_id: String,
+    },
+}
+
 /// What `put` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {
@@ -50,6 +63,25 @@ pub trait ResultStore: Send + Sync {
 
     /// Drop expired records where the store does not expire them itself.
     async fn purge_expired(&self) -> Result<u64, StoreError>;
+
+    /// Atomically: remember `key` as used by the request with `fingerprint`,
+    /// accepted as `correlation_id`, for `ttl`, unless the key is already
+    /// known (then: what it was first used for).
+    async fn claim_idempotency_key(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        correlation_id: &str,
+        ttl: Duration,
+    ) -> Result<IdempotencyClaim, StoreError>;
+
+    /// Forget a claim (the request it was made for was not accepted after
+    /// all), only if it still belongs to `correlation_id`.
+    async fn release_idempotency_key(
+        &self,
+        key: &str,
+        correlation_id: &str,
+    ) -> Result<(), StoreError>;
 
     /// Wait up to `timeout` for the record to become final, then return it
     /// as it is (final or not; `None` if there is none). Stores that can be

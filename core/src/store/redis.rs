@@ -15,7 +15,7 @@
 //! (a notification may have been missed meanwhile); while there is no
 //! subscription (Redis away, or a server without RESP3) waiters poll.
 
-use super::{PutOutcome, ResultStore, StoreError, WAIT_POLL_INTERVAL};
+use super::{IdempotencyClaim, PutOutcome, ResultStore, StoreError, WAIT_POLL_INTERVAL};
 use crate::config::CacheConfig;
 use crate::model::RequestRecord;
 use crate::queue::redis::{bounded, call};
@@ -56,6 +56,20 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 if ARGV[3] == '1' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return 1
+"#;
+
+/// Claim an idempotency key (`SET NX PX`), or read what first claimed it.
+/// Returns "" when the claim is new, else the stored "<fingerprint>\n<id>".
+const CLAIM_LUA: &str = r#"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return '' end
+return redis.call('GET', KEYS[1]) or ''
+"#;
+
+/// Delete a claim only while it still names this correlation ID.
+const RELEASE_LUA: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v and string.find(v, '\n' .. ARGV[1], 1, true) then return redis.call('DEL', KEYS[1]) end
+return 0
 "#;
 
 pub struct RedisStore {
@@ -333,6 +347,59 @@ impl ResultStore for RedisStore {
             serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
         })
         .transpose()
+    }
+
+    async fn claim_idempotency_key(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        correlation_id: &str,
+        ttl: Duration,
+    ) -> Result<IdempotencyClaim, StoreError> {
+        let con = self.commands().await?;
+        let redis_key = format!("{}:idem:{key}", self.key_prefix);
+        let value = format!("{fingerprint}\n{correlation_id}");
+        let ttl_ms = u64::try_from(ttl.as_millis())
+            .unwrap_or(u64::MAX / 2)
+            .max(1);
+        let script = Script::new(CLAIM_LUA);
+        let existing: String = call(&con, COMMAND_TIMEOUT, |mut con| {
+            let mut invocation = script.key(&redis_key);
+            invocation.arg(&value).arg(ttl_ms);
+            async move { invocation.invoke_async(&mut con).await }
+        })
+        .await
+        .map_err(unavailable)?;
+        if existing.is_empty() {
+            return Ok(IdempotencyClaim::Claimed);
+        }
+        match existing.split_once('\n') {
+            Some((fingerprint, id)) => Ok(IdempotencyClaim::Existing {
+                fingerprint: fingerprint.to_string(),
+                correlation_id: id.to_string(),
+            }),
+            None => Err(StoreError::Corrupt(format!(
+                "idempotency key {key} holds an unreadable value"
+            ))),
+        }
+    }
+
+    async fn release_idempotency_key(
+        &self,
+        key: &str,
+        correlation_id: &str,
+    ) -> Result<(), StoreError> {
+        let con = self.commands().await?;
+        let redis_key = format!("{}:idem:{key}", self.key_prefix);
+        let script = Script::new(RELEASE_LUA);
+        call(&con, COMMAND_TIMEOUT, |mut con| {
+            let mut invocation = script.key(&redis_key);
+            invocation.arg(correlation_id);
+            async move { invocation.invoke_async::<i64>(&mut con).await }
+        })
+        .await
+        .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn delete(&self, correlation_id: &str) -> Result<(), StoreError> {
