@@ -3,8 +3,9 @@
 
 CARGO ?= cargo
 WASM  := target/wasm32-wasip1/wasm-release/openhqm_filter.wasm
+FILTER_IMAGE ?= openhqm-filter:dev
 
-.PHONY: all tools build wasm run test unit e2e lint fmt clean
+.PHONY: all tools build wasm run test unit e2e lint fmt clean filter-image validate
 
 all: build
 
@@ -18,12 +19,27 @@ wasm: tools
 build: wasm
 	$(CARGO) build --workspace --bins
 
+# The filter as an OCI image Istio can pull (deploy/filter.Dockerfile), and the
+# sha256 of the .wasm for an https:// URL + sha256 (docs/deployment.md).
+filter-image: wasm
+	@echo "filter: sha256 $$(sha256sum $(WASM) | cut -d' ' -f1)  $(WASM)"
+	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
+		docker build -f deploy/filter.Dockerfile -t $(FILTER_IMAGE) . ; \
+	else \
+		echo "filter-image: no Docker engine here, image NOT built; elsewhere run: docker build -f deploy/filter.Dockerfile -t $(FILTER_IMAGE) ." ; \
+	fi
+
+# Every manifest in istio/ and deploy/kubernetes/ against its schema (offline
+# after the first run); every file in deploy/validate/broken/ must be rejected.
+validate:
+	@deploy/validate/validate.sh --all
+
 run: build
 	@deploy/local/run-demo.sh
 
 # Unit tests, then the backend conformance suites and end-to-end tests (real
 # brokers, real Envoy, real processes); those print skip reasons and summaries.
-test: build
+test: validate build
 	$(CARGO) test --workspace --exclude openhqm-e2e
 	$(CARGO) test -p openhqm-e2e -- --nocapture
 

@@ -738,4 +738,46 @@ mod tests {
             .to_string()
             .starts_with("invalid openhqm filter configuration: "));
     }
+
+    /// Every plugin configuration the repository ships (the standalone Envoy
+    /// config, the Istio manifests) parses with this parser, so the
+    /// manifests cannot drift from the code.
+    #[test]
+    fn shipped_plugin_configs_parse() {
+        fn collect(v: &serde_yaml::Value, found: &mut Vec<String>) {
+            match v {
+                serde_yaml::Value::Mapping(m) => {
+                    for (k, child) in m {
+                        if k.as_str() == Some("pluginConfig") {
+                            found.push(serde_json::to_string(child).unwrap());
+                        } else {
+                            collect(child, found);
+                        }
+                    }
+                }
+                serde_yaml::Value::Sequence(items) => items.iter().for_each(|i| collect(i, found)),
+                serde_yaml::Value::String(s) if s.contains("\"bridge_cluster\"") => {
+                    found.push(s.clone())
+                }
+                _ => {}
+            }
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let files = [
+            "envoy/envoy.yaml",
+            "istio/wasmplugin.yaml",
+            "istio/envoyfilter.yaml",
+        ];
+        for file in files {
+            let text = std::fs::read_to_string(root.join(file)).unwrap();
+            let mut found = Vec::new();
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                collect(&serde_yaml::Value::deserialize(doc).unwrap(), &mut found);
+            }
+            assert!(!found.is_empty(), "{file}: no plugin configuration found");
+            for config in found {
+                Config::parse(config.as_bytes()).unwrap_or_else(|e| panic!("{file}: {e}"));
+            }
+        }
+    }
 }
