@@ -5,7 +5,7 @@ CARGO ?= cargo
 WASM  := target/wasm32-wasip1/wasm-release/openhqm_filter.wasm
 FILTER_IMAGE ?= openhqm-filter:dev
 
-.PHONY: all tools build wasm run test unit e2e lint fmt clean filter-image validate
+.PHONY: all tools build wasm run test unit e2e lint fmt clean filter-image validate bench bench-build
 
 all: build
 
@@ -48,6 +48,15 @@ unit:
 
 e2e: build
 	$(CARGO) test -p openhqm-e2e
+
+# Measurements (not part of `make test`): release builds, results written to
+# docs/benchmarks.md.
+bench-build: wasm
+	$(CARGO) build --release -p openhqm-sample-app -p openhqm-bridge -p openhqm-worker
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+
+bench: bench-build
+	python3 tests/bench/filter_cost.py
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -82,6 +82,13 @@ pub type Headers = Vec<(String, Vec<u8>)>;
 pub trait Host {
     /// All request headers, pseudo-headers included, in order.
     fn request_headers(&mut self) -> Headers;
+    /// One request header (the first value), without fetching them all.
+    fn request_header(&mut self, name: &str) -> Option<Vec<u8>> {
+        self.request_headers()
+            .into_iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
     /// The buffered request body, `size` bytes from offset 0.
     fn request_body(&mut self, size: usize) -> Option<Vec<u8>>;
     /// Starts an HTTP call to `cluster`; returns the call's token.
@@ -301,14 +308,27 @@ impl HttpFilter {
             return self.hold_unless_pass_through();
         }
         let config = Rc::clone(&self.config);
-        let headers = host.request_headers();
+        // Most requests are not ours: decide from :method and :path alone,
+        // fetching the whole header map (costly across the Wasm boundary)
+        // only for requests that may be captured or relayed.
         let (Some(method), Some(full_path)) = (
-            header_str(&headers, ":method"),
-            header_str(&headers, ":path"),
+            host.request_header(":method")
+                .and_then(|v| String::from_utf8(v).ok()),
+            host.request_header(":path")
+                .and_then(|v| String::from_utf8(v).ok()),
         ) else {
             self.state = State::PassThrough;
             return Action::Continue;
         };
+        let (path_only, _) = split_path(&full_path);
+        let relayed = method == "GET" && is_relay_path(&config.api_prefix, path_only);
+        if !relayed && !config.routes.may_match(&method, path_only) {
+            self.state = State::PassThrough;
+            return Action::Continue;
+        }
+        let headers = host.request_headers();
+        let method = method.as_str();
+        let full_path = full_path.as_str();
         let (path, query) = split_path(full_path);
 
         if method == "GET" && is_relay_path(&config.api_prefix, path) {

@@ -174,6 +174,15 @@ impl RouteTable {
             .find(|(_, route)| route.matches(request))
     }
 
+    /// Whether some route could match on path and method alone (header
+    /// conditions not looked at): false means the request is surely not
+    /// captured, without reading its headers.
+    pub fn may_match(&self, method: &str, path: &str) -> bool {
+        self.routes.iter().any(|r| {
+            r.path.matches(path) && (r.methods.is_empty() || r.methods.iter().any(|m| m == method))
+        })
+    }
+
     /// The routes, in priority order.
     pub fn routes(&self) -> &[Route] {
         &self.routes

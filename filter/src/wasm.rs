@@ -327,6 +327,19 @@ impl Host for WasmHost {
         }
     }
 
+    fn request_header(&mut self, name: &str) -> Option<Vec<u8>> {
+        match hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name) {
+            Ok(value) => value,
+            Err(status) => {
+                log(
+                    LogLevel::Error,
+                    &format!("openhqm: cannot read request header {name}: {status:?}"),
+                );
+                None
+            }
+        }
+    }
+
     fn request_body(&mut self, size: usize) -> Option<Vec<u8>> {
         match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size) {
             Ok(body) => body,

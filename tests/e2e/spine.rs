@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 const RESULT_WAIT: Duration = Duration::from_secs(60);
+const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
 fn header(r: &reqwest::Response, name: &str) -> Option<String> {
     r.headers()
@@ -47,6 +48,7 @@ async fn captured_post_completes_through_the_queue_and_other_routes_pass_through
 
     let r = c
         .post(format!("{}/orders?source=test", stack.envoy_url()))
+        .header("traceparent", TRACEPARENT)
         .json(&json!({"item": "book", "qty": 2}))
         .send()
         .await
@@ -75,6 +77,10 @@ async fn captured_post_completes_through_the_queue_and_other_routes_pass_through
     assert_eq!(result["result"]["order"], json!({"item": "book", "qty": 2}));
     assert!(result["result"]["id"].as_str().unwrap().starts_with("ord-"));
     assert_eq!(result["headers"]["x-served-by"], "openhqm-sample-app");
+    assert_eq!(
+        result["headers"]["x-received-traceparent"], TRACEPARENT,
+        "trace context crosses the queue"
+    );
     assert!(
         result["processing_time_ms"].as_u64().unwrap() >= 150,
         "the app takes ~200 ms: {result}"
@@ -672,6 +678,7 @@ async fn prefer_wait_returns_the_result_or_falls_back_to_202() {
     let r = c
         .post(format!("{}/api/v1/submit", stack.bridge_url()))
         .header("prefer", "wait=10")
+        .header("traceparent", TRACEPARENT)
         .json(&json!({"payload": {"item": "pen"}, "metadata": {"endpoint": "orders"}}))
         .send()
         .await
@@ -682,6 +689,10 @@ async fn prefer_wait_returns_the_result_or_falls_back_to_202() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["status"], "COMPLETED", "{body}");
     assert_eq!(body["result"]["order"], json!({"item": "pen"}));
+    assert_eq!(
+        body["headers"]["x-received-traceparent"], TRACEPARENT,
+        "submit API carries trace context too"
+    );
 
     // Too slow for the wait: 202 after about the wait, the request still accepted.
     let started = std::time::Instant::now();

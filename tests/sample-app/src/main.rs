@@ -137,6 +137,11 @@ async fn orders(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
     if let Ok(location) = format!("/orders/{id}").parse() {
         resp.headers_mut().insert("location", location);
     }
+    // Shows a test which trace context reached the backend call.
+    if let Some(tp) = headers.get("traceparent") {
+        resp.headers_mut()
+            .insert("x-received-traceparent", tp.clone());
+    }
     resp
 }
 
