@@ -273,3 +273,80 @@ async fn idempotency_key_repeats_return_the_first_request_and_enqueue_nothing() 
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(stack.app_stats().await["served"], 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_correlation_ids_and_header_policy() {
+    use openhqm_core::queue::QueueBackend;
+    let mut stack = Stack::new("sidecar-headers");
+    stack.filter_config_extra =
+        r#""correlation_header": "x-request-id", "trust_inbound_correlation": true,
+        "headers": {"deny": ["authorization", "cookie"]},"#
+            .to_string();
+    // No worker yet: the queued message shows what would reach the backend.
+    stack.start_app(10).await;
+    stack.start_bridge().await;
+    stack.start_envoy().await;
+    let inbound = "6f9619ff-8b86-4011-b42d-00c04fc964ff";
+    let r = client()
+        .post(format!("{}/orders", stack.envoy_url()))
+        .header("x-request-id", inbound)
+        .header("authorization", "Bearer do-not-forward")
+        .header("cookie", "session=secret")
+        .header("x-tenant", "acme")
+        .json(&json!({"item": "pen"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    assert_eq!(
+        header(&r, "x-request-id").as_deref(),
+        Some(inbound),
+        "the client's own ID, echoed"
+    );
+    let location = header(&r, "location").unwrap();
+    assert_eq!(location, format!("/api/v1/response/{inbound}"));
+
+    let backend =
+        openhqm_core::queue::embedded::EmbeddedBackend::open(&stack.data_dir(), 1 << 20).unwrap();
+    let queue = backend.open("openhqm-requests").await.unwrap();
+    let mut got = queue
+        .receive(1, Duration::from_secs(5), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let delivery = got.pop().expect("the captured request is queued");
+    let envelope = openhqm_core::envelope::Envelope::decode(&delivery.message.body).unwrap();
+    assert_eq!(envelope.correlation_id, inbound);
+    let names: Vec<String> = envelope
+        .request
+        .unwrap()
+        .headers
+        .iter()
+        .map(|(n, _)| n.clone())
+        .collect();
+    assert!(names.contains(&"x-tenant".to_string()), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n == "authorization" || n == "cookie"),
+        "denied headers travelled: {names:?}"
+    );
+    queue.nack(&delivery.receipt, Duration::ZERO).await.unwrap();
+
+    // Now a worker: the request completes under the client's ID.
+    stack.start_worker();
+    let result = await_result(&stack.envoy_url(), &location, Duration::from_secs(30)).await;
+    assert_eq!(result["correlation_id"], inbound);
+    assert_eq!(result["status"], "COMPLETED");
+
+    // A repeat of the same client ID is refused, not enqueued twice.
+    let again = client()
+        .post(format!("{}/orders", stack.envoy_url()))
+        .header("x-request-id", inbound)
+        .json(&json!({"item": "pen"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 409);
+    assert_eq!(
+        again.json::<Value>().await.unwrap()["error"],
+        "duplicate_correlation_id"
+    );
+}

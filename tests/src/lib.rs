@@ -128,6 +128,10 @@ pub struct Stack {
     pub bridge_port: u16,
     pub envoy_port: u16,
     pub admin_port: u16,
+    /// Extra top-level keys for the filter's plugin configuration (JSON
+    /// members, e.g. `"trust_inbound_correlation": true,`), inserted into
+    /// the test's copy of envoy/envoy.yaml.
+    pub filter_config_extra: String,
     /// Ports of bridges beyond the first, all in Envoy's bridge cluster.
     pub extra_bridge_ports: Vec<u16>,
     /// Extra `OPENHQM_*` variables for bridge and workers.
@@ -149,6 +153,7 @@ impl Stack {
         let mut stack = Stack {
             env: Vec::new(),
             extra_bridge_ports: Vec::new(),
+            filter_config_extra: String::new(),
             envoy_port: free_port(),
             admin_port: free_port(),
             app_port,
@@ -325,6 +330,20 @@ impl Stack {
             );
         }
         shipped = shipped.replace(bridge_endpoint, &endpoints);
+        if !self.filter_config_extra.is_empty() {
+            let anchor = "\"max_wait_ms\": 30000,";
+            assert!(
+                shipped.contains(anchor),
+                "envoy.yaml's filter config changed shape"
+            );
+            // One line: the JSON sits in an indented YAML block scalar.
+            let extra = self
+                .filter_config_extra
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            shipped = shipped.replace(anchor, &format!("{anchor} {extra}"));
+        }
         let config = shipped
             .replace(
                 "port_value: 8000",
