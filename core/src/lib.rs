@@ -132,14 +132,10 @@ pub fn load_config_or_exit(program: &str) -> Config {
     }
     match Config::load(path.as_deref()) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{program}: {e}");
-            std::process::exit(2);
-        }
+        Err(e) => startup::fail(program, e),
     }
 }
 
 fn exit_usage(program: &str, msg: &str) -> ! {
-    eprintln!("{program}: {msg}\nusage: {program} [--config FILE]");
-    std::process::exit(2);
+    startup::fail(program, format!("{msg}\nusage: {program} [--config FILE]"))
 }

@@ -1,9 +1,11 @@
 //! What the bridge and worker binaries share at start-up: failing clearly
 //! before a port is bound, opening queues, and housekeeping tasks.
 
+use crate::config::Config;
 use crate::queue::{Queue, QueueBackend};
 use crate::store::ResultStore;
 use std::fmt::Display;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +13,23 @@ use std::time::Duration;
 pub fn fail(program: &str, msg: impl Display) -> ! {
     eprintln!("{program}: {msg}");
     std::process::exit(2);
+}
+
+/// What a program's `main` does: read the configuration (exit 2 on error,
+/// before anything binds a port), set up logging, and run `body` on a
+/// multi-threaded tokio runtime.
+pub fn run_program<F, Fut>(program: &str, body: F)
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let config = crate::load_config_or_exit(program);
+    crate::telemetry::init_logging(&config.monitoring);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail(program, format!("cannot start the async runtime: {e}")));
+    runtime.block_on(body(config));
 }
 
 /// Open a named queue or stop the program, naming the queue.

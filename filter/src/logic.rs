@@ -29,15 +29,9 @@ pub const CORRELATION_HEADER: &str = "x-correlation-id";
 /// Marks the bridge's answer as the backend's final response (wait mode).
 pub const FINAL_RESULT_HEADER: &str = "x-openhqm-result";
 
-/// Bridge headers passed to the client on a relayed status/response answer.
+/// Bridge headers passed to the client on a relayed status/response answer
+/// and when the bridge accepted a capture.
 const RELAY_HEADERS: [&str; 4] = [
-    "content-type",
-    "location",
-    "retry-after",
-    "preference-applied",
-];
-/// Bridge headers passed to the client when the bridge accepted a capture.
-const ACCEPTED_HEADERS: [&str; 4] = [
     "content-type",
     "location",
     "retry-after",
@@ -485,7 +479,7 @@ impl HttpFilter {
             }
         }
         let relayed: Option<&[&str]> = match (id, status) {
-            (Some(_), Some(200..=299)) => Some(&ACCEPTED_HEADERS),
+            (Some(_), Some(200..=299)) => Some(&RELAY_HEADERS),
             (Some(_), Some(400..=499)) => Some(&REJECTED_HEADERS),
             (None, Some(200..=499)) => Some(&RELAY_HEADERS),
             _ => None,

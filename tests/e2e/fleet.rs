@@ -5,7 +5,7 @@
 //! worker finishes them.
 
 use openhqm_core::conformance::server_available;
-use openhqm_e2e::{client, Stack};
+use openhqm_e2e::{client, header, Stack};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -15,13 +15,6 @@ use tokio::sync::Semaphore;
 const REQUESTS: usize = 2000;
 const CLIENT_CONCURRENCY: usize = 32;
 const WAIT_MODE_REQUESTS: usize = 60;
-
-fn header(r: &reqwest::Response, name: &str) -> Option<String> {
-    r.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-}
 
 /// Keys under a prefix, counted by redis-cli (the test's view of the store).
 fn redis_count(pattern: &str) -> usize {

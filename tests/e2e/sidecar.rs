@@ -4,16 +4,9 @@
 //! Uses the shipped envoy/envoy.yaml: `POST /orders` async (reject),
 //! `GET /orders/{id}` in wait mode (passthrough).
 
-use openhqm_e2e::{await_result, client, Stack};
+use openhqm_e2e::{await_result, client, header, Stack};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-
-fn header(r: &reqwest::Response, name: &str) -> Option<String> {
-    r.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-}
 
 /// Create an order through the queue; its id as the app gave it.
 async fn create_order(stack: &Stack) -> String {

@@ -4,20 +4,13 @@
 
 use openhqm_core::queue::embedded::EmbeddedBackend;
 use openhqm_core::queue::{dlq_attr, QueueBackend};
-use openhqm_e2e::{await_result, bin, client, Stack};
+use openhqm_e2e::{await_result, bin, client, header, Stack};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 const RESULT_WAIT: Duration = Duration::from_secs(60);
 const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-
-fn header(r: &reqwest::Response, name: &str) -> Option<String> {
-    r.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-}
 
 /// POST /orders through Envoy; the 202's Location and correlation ID.
 async fn post_order(stack: &Stack, body: Value, extra: &[(&str, &str)]) -> (String, String) {

@@ -21,17 +21,10 @@ fn fail(msg: impl std::fmt::Display) -> ! {
 /// environment); what the `openhqm-worker` binary does. Call it from your
 /// own `main` after registering custom backends (`openhqm_core::registry`).
 pub fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| fail(format!("cannot start the async runtime: {e}")));
-    runtime.block_on(run());
+    openhqm_core::startup::run_program(PROGRAM, run);
 }
 
-async fn run() {
-    let config = openhqm_core::load_config_or_exit(PROGRAM);
-    openhqm_core::telemetry::init_logging(&config.monitoring);
-
+async fn run(config: openhqm_core::config::Config) {
     let policy = RetryPolicy::from_config(&config.worker)
         .unwrap_or_else(|e| fail(format!("worker retry settings: {e}")));
     let backend = openhqm_core::open_queue_backend(&config).unwrap_or_else(|e| fail(e));
