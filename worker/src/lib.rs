@@ -3,6 +3,7 @@
 
 mod backend_call;
 mod processor;
+pub mod routing;
 mod runner;
 
 use openhqm_core::retry::RetryPolicy;
