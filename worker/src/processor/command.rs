@@ -67,7 +67,8 @@ impl CommandProcessor {
     /// Fails when the program cannot be started at all. Call it inside the
     /// Tokio runtime.
     pub fn start(argv: Vec<String>, processes: usize, timeout: Duration) -> Result<Self, String> {
-        if !argv.first().is_some_and(|p| !p.trim().is_empty()) {
+        let has_program = argv.first().is_some_and(|p| !p.trim().is_empty());
+        if !has_program {
             return Err("worker.command: no program to run".into());
         }
         if processes == 0 {
