@@ -10,6 +10,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use openhqm_core::config::CallbacksConfig;
 use openhqm_core::envelope::{
     parse_capture_frame, Envelope, HttpRequest, Metadata, Source, CAPTURE_CONTENT_TYPE,
     ENVELOPE_VERSION, FINAL_RESULT_HEADER,
@@ -108,6 +109,7 @@ pub async fn submit(
             ));
         }
     }
+    check_callback(&state.config.callbacks, &metadata)?;
     let traceparent = header_str(&headers, "traceparent");
     let envelope = Envelope {
         version: ENVELOPE_VERSION,
@@ -131,6 +133,20 @@ pub async fn submit(
         idempotency,
     )
     .await
+}
+
+/// `metadata.callback_url`, when given, must be a URL on the callback
+/// allow-list: refused before anything is published.
+fn check_callback(cfg: &CallbacksConfig, metadata: &Metadata) -> Result<(), ApiError> {
+    let Some(url) = metadata.extra.get("callback_url") else {
+        return Ok(());
+    };
+    let refuse = |detail: String| ApiError::bad_request("callback_not_allowed", detail);
+    let url = url
+        .as_str()
+        .ok_or_else(|| refuse("`metadata.callback_url` must be a string (a URL)".into()))?;
+    cfg.check_url(url)
+        .map_err(|e| refuse(format!("`metadata.callback_url`: {e}")))
 }
 
 /// `POST /internal/v1/capture`: a request captured by the filter.
@@ -610,4 +626,49 @@ pub async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "this endpoint does not take that method",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metadata(callback: Option<Value>) -> Metadata {
+        Metadata {
+            extra: callback
+                .map(|c| ("callback_url".to_string(), c))
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn callback_urls_are_checked_on_submit() {
+        let on = CallbacksConfig {
+            allowed_hosts: vec!["hooks.example.com".into()],
+            secret: Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+            ..Default::default()
+        };
+        let off = CallbacksConfig::default();
+        assert!(check_callback(&on, &metadata(None)).is_ok());
+        assert!(check_callback(&off, &metadata(None)).is_ok());
+        assert!(
+            check_callback(&on, &metadata(Some(json!("https://hooks.example.com/cb")))).is_ok()
+        );
+        for (cfg, url, detail) in [
+            (
+                &on,
+                json!("https://evil.example.net/cb"),
+                "not in callbacks.allowed_hosts",
+            ),
+            (&on, json!("https://a@hooks.example.com/cb"), "user info"),
+            (&on, json!(42), "must be a string"),
+            (&off, json!("https://hooks.example.com/cb"), "disabled"),
+        ] {
+            let err = check_callback(cfg, &metadata(Some(url.clone()))).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{url}");
+            assert_eq!(err.code, "callback_not_allowed", "{url}");
+            assert!(err.detail.contains(detail), "{url}: {}", err.detail);
+        }
+    }
 }

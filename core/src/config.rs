@@ -53,6 +53,7 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub cache: CacheConfig,
     pub monitoring: MonitoringConfig,
+    pub callbacks: CallbacksConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -229,6 +230,16 @@ pub struct WorkerConfig {
     /// on for networked backends, off for `embedded`, where nothing else
     /// would read them and the file would only grow.
     pub publish_responses: Option<bool>,
+    /// A program (argv) the worker runs as a pool of long-lived children
+    /// speaking JSON lines (docs/processors.md); used when `proxy.enabled`
+    /// is false. Empty = the built-in example processor.
+    pub command: Vec<String>,
+    /// How many children run `command` at once; each handles one message
+    /// at a time.
+    pub command_processes: usize,
+    /// How long a child may take over one message before it is killed and
+    /// restarted (the attempt is retried). Default: `timeout_seconds`.
+    pub command_timeout_seconds: Option<u64>,
 }
 
 impl Default for WorkerConfig {
@@ -246,7 +257,17 @@ impl Default for WorkerConfig {
             lease_seconds: 30,
             shutdown_grace_seconds: 30,
             publish_responses: None,
+            command: Vec::new(),
+            command_processes: 1,
+            command_timeout_seconds: None,
         }
+    }
+}
+
+impl WorkerConfig {
+    /// The per-message timeout of `worker.command`.
+    pub fn command_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.command_timeout_seconds.unwrap_or(self.timeout_seconds))
     }
 }
 
@@ -378,6 +399,209 @@ impl Default for MonitoringConfig {
     }
 }
 
+/// Completion callbacks (Standard Webhooks): a client names
+/// `metadata.callback_url` on submit and the worker POSTs the final outcome
+/// there, signed. Only hosts on the allow-list are ever called.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallbacksConfig {
+    /// Hosts a callback may go to: exact names, or `*.example.com` for any
+    /// subdomain of example.com. Empty = callbacks disabled.
+    pub allowed_hosts: Vec<String>,
+    /// `whsec_` + base64 of the signing key (as Standard Webhooks); required
+    /// when `allowed_hosts` is not empty.
+    pub secret: Option<String>,
+    /// Delivery attempts per outcome (the first included).
+    pub max_attempts: u32,
+    /// Timeout of one delivery attempt, seconds.
+    pub timeout_seconds: u64,
+    /// Backoff base and cap between attempts, seconds (exponential, full jitter).
+    pub retry_delay_base: f64,
+    pub retry_delay_max: f64,
+}
+
+impl Default for CallbacksConfig {
+    fn default() -> Self {
+        Self {
+            allowed_hosts: Vec::new(),
+            secret: None,
+            max_attempts: 5,
+            timeout_seconds: 10,
+            retry_delay_base: 0.5,
+            retry_delay_max: 30.0,
+        }
+    }
+}
+
+/// The prefix of a Standard Webhooks secret.
+pub const WEBHOOK_SECRET_PREFIX: &str = "whsec_";
+
+impl CallbacksConfig {
+    pub fn enabled(&self) -> bool {
+        !self.allowed_hosts.is_empty()
+    }
+
+    /// The signing key: the secret without `whsec_`, base64-decoded.
+    pub fn secret_key(&self) -> Result<Vec<u8>, String> {
+        let secret = self
+            .secret
+            .as_deref()
+            .ok_or("is required when callbacks.allowed_hosts is set")?;
+        let b64 = secret
+            .strip_prefix(WEBHOOK_SECRET_PREFIX)
+            .ok_or("must be `whsec_` followed by the base64 of the key (Standard Webhooks)")?;
+        let key = crate::model::decode_base64(b64)
+            .map_err(|_| "the part after `whsec_` is not valid base64".to_string())?;
+        if key.len() < 24 {
+            return Err(format!(
+                "the key is {} bytes; use at least 24 random bytes",
+                key.len()
+            ));
+        }
+        Ok(key)
+    }
+
+    /// Whether a (lowercase) host is on the allow-list.
+    pub fn host_allowed(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        let host = host.trim_end_matches('.');
+        self.allowed_hosts.iter().any(|pattern| {
+            let pattern = pattern.to_ascii_lowercase();
+            match pattern.strip_prefix("*.") {
+                Some(domain) => host
+                    .strip_suffix(domain)
+                    .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+                None => host == pattern,
+            }
+        })
+    }
+
+    /// May a callback go to `url`? http or https, no user info, and a host
+    /// (without port) on the allow-list.
+    pub fn check_url(&self, url: &str) -> Result<(), String> {
+        if !self.enabled() {
+            return Err(
+                "completion callbacks are disabled on this server (callbacks.allowed_hosts is empty)"
+                    .into(),
+            );
+        }
+        if url
+            .bytes()
+            .any(|b| b.is_ascii_control() || b == b' ' || b == b'\\')
+        {
+            return Err(
+                "the callback URL contains spaces, control characters or backslashes".into(),
+            );
+        }
+        let lower = url.to_ascii_lowercase();
+        let rest = if lower.starts_with("http://") {
+            &url[7..]
+        } else if lower.starts_with("https://") {
+            &url[8..]
+        } else {
+            return Err("the callback URL must start with http:// or https://".into());
+        };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        if authority.contains('@') {
+            return Err("the callback URL must not carry user info (`user@`)".into());
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (inner, after) = v6
+                .split_once(']')
+                .ok_or("the callback URL has an unterminated IPv6 address")?;
+            if inner.is_empty()
+                || !inner
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+            {
+                return Err("the callback URL has an invalid IPv6 address".into());
+            }
+            (&authority[..inner.len() + 2], after.strip_prefix(':'))
+        } else {
+            match authority.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        if let Some(p) = port {
+            if !p.is_empty() && p.parse::<u16>().is_err() {
+                return Err("the callback URL has an invalid port".into());
+            }
+        }
+        if host.is_empty() {
+            return Err("the callback URL has no host".into());
+        }
+        if !host.starts_with('[')
+            && !host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        {
+            return Err("the callback URL's host has characters a host name cannot have".into());
+        }
+        if !self.host_allowed(host) {
+            return Err(format!(
+                "host `{}` is not in callbacks.allowed_hosts",
+                host.to_ascii_lowercase()
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (i, pattern) in self.allowed_hosts.iter().enumerate() {
+            let name = pattern.strip_prefix("*.").unwrap_or(pattern);
+            let ok = !name.is_empty()
+                && !name.contains('*')
+                && name.bytes().all(|b| {
+                    b.is_ascii_alphanumeric()
+                        || b == b'-'
+                        || b == b'.'
+                        || b == b'_'
+                        || b == b':'
+                        || b == b'['
+                        || b == b']'
+                });
+            if !ok {
+                return Err(ConfigError::new(
+                    format!("callbacks.allowed_hosts.{i}"),
+                    format!(
+                        "`{pattern}` is not a host name or `*.domain` (no scheme, port or path)"
+                    ),
+                ));
+            }
+        }
+        if self.enabled() {
+            self.secret_key()
+                .map_err(|m| ConfigError::new("callbacks.secret", m))?;
+        }
+        if self.max_attempts == 0 {
+            return Err(ConfigError::new(
+                "callbacks.max_attempts",
+                "must be at least 1",
+            ));
+        }
+        if self.timeout_seconds == 0 {
+            return Err(ConfigError::new(
+                "callbacks.timeout_seconds",
+                "must be at least 1",
+            ));
+        }
+        if !(self.retry_delay_base.is_finite() && self.retry_delay_base >= 0.0) {
+            return Err(ConfigError::new(
+                "callbacks.retry_delay_base",
+                "must be a number of seconds >= 0",
+            ));
+        }
+        if !(self.retry_delay_max.is_finite() && self.retry_delay_max >= self.retry_delay_base) {
+            return Err(ConfigError::new(
+                "callbacks.retry_delay_max",
+                "must be a number of seconds >= callbacks.retry_delay_base",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// Load from an optional file plus the process environment, then validate.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -501,6 +725,24 @@ impl Config {
                 "must be a number of seconds >= worker.retry_delay_base",
             ));
         }
+        if w.command.first().is_some_and(|p| p.trim().is_empty()) {
+            return Err(ConfigError::new(
+                "worker.command",
+                "the first item must name the program to run",
+            ));
+        }
+        if w.command_processes == 0 {
+            return Err(ConfigError::new(
+                "worker.command_processes",
+                "must be at least 1",
+            ));
+        }
+        if w.command_timeout_seconds == Some(0) {
+            return Err(ConfigError::new(
+                "worker.command_timeout_seconds",
+                "must be at least 1",
+            ));
+        }
         crate::retry::StatusSet::parse(&w.retry_on_status)
             .map_err(|m| ConfigError::new("worker.retry_on_status", m))?;
         crate::retry::StatusSet::parse(&w.no_retry_on_status)
@@ -539,6 +781,7 @@ impl Config {
                 Some(_) => {}
             }
         }
+        self.callbacks.validate()?;
         let level = self.monitoring.log_level.to_ascii_lowercase();
         if ![
             "trace", "debug", "info", "warn", "warning", "error", "critical",
@@ -921,6 +1164,151 @@ mod tests {
 
         let err = Config::from_sources(Some("- a\n- b\n"), &[]).unwrap_err();
         assert!(err.message.contains("mapping"), "{err}");
+    }
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn callbacks(hosts: &[&str]) -> CallbacksConfig {
+        CallbacksConfig {
+            allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            secret: Some(SECRET.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn callback_urls() {
+        let c = callbacks(&["hooks.example.com", "*.corp.example", "127.0.0.1"]);
+        assert_eq!(c.check_url("https://hooks.example.com/done?x=1"), Ok(()));
+        assert_eq!(c.check_url("HTTP://Hooks.Example.COM:8443/a"), Ok(()));
+        assert_eq!(c.check_url("http://127.0.0.1:9/cb"), Ok(()));
+        assert_eq!(c.check_url("https://a.corp.example/x"), Ok(()));
+        assert_eq!(c.check_url("https://a.b.corp.example"), Ok(()));
+        // The wildcard covers subdomains, not the domain itself.
+        assert!(c
+            .check_url("https://corp.example/")
+            .unwrap_err()
+            .contains("not in callbacks.allowed_hosts"));
+        assert!(c.check_url("https://xcorp.example/").is_err());
+        assert!(c.check_url("https://hooks.example.com.evil.net/").is_err());
+        assert!(c.check_url("https://evil.net/hooks.example.com").is_err());
+        let err = c
+            .check_url("https://user:pw@hooks.example.com/")
+            .unwrap_err();
+        assert!(err.contains("user info"), "{err}");
+        assert!(c.check_url("https://evil.net@hooks.example.com/").is_err());
+        assert!(c
+            .check_url("https://hooks.example.com\\@evil.net/")
+            .is_err());
+        assert!(c.check_url("https://evil.net\\.corp.example/").is_err());
+        assert!(c.check_url("https://evil%2enet.corp.example/").is_err());
+        let err = c.check_url("ftp://hooks.example.com/").unwrap_err();
+        assert!(err.contains("http://"), "{err}");
+        assert!(c.check_url("https://hooks.example.com:99999/").is_err());
+        assert!(c.check_url("https:///path").is_err());
+        let err = CallbacksConfig::default()
+            .check_url("https://hooks.example.com/")
+            .unwrap_err();
+        assert!(err.contains("disabled"), "{err}");
+    }
+
+    #[test]
+    fn callbacks_config() {
+        let c = Config::from_sources(
+            None,
+            &env(&[
+                (
+                    "OPENHQM_CALLBACKS__ALLOWED_HOSTS",
+                    r#"["a.example", "*.b.example"]"#,
+                ),
+                ("OPENHQM_CALLBACKS__SECRET", SECRET),
+                ("OPENHQM_CALLBACKS__MAX_ATTEMPTS", "7"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.callbacks.allowed_hosts, vec!["a.example", "*.b.example"]);
+        assert_eq!(c.callbacks.max_attempts, 7);
+        assert_eq!(c.callbacks.timeout_seconds, 10);
+        assert_eq!(c.callbacks.secret_key().unwrap().len(), 24);
+        assert!(c.callbacks.check_url("https://x.b.example/").is_ok());
+
+        let err = Config::from_sources(
+            None,
+            &env(&[("OPENHQM_CALLBACKS__ALLOWED_HOSTS", r#"["a.example"]"#)]),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "callbacks.secret");
+        for bad in [
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "whsec_!!!",
+            "whsec_c2hvcnQ=",
+        ] {
+            let err = Config::from_sources(
+                Some(&format!(
+                    "callbacks:\n  allowed_hosts: [a.example]\n  secret: \"{bad}\"\n"
+                )),
+                &[],
+            )
+            .unwrap_err();
+            assert_eq!(err.key, "callbacks.secret", "{bad}: {err}");
+        }
+        let err = Config::from_sources(
+            Some("callbacks:\n  allowed_hosts: [\"https://a.example/\"]\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "callbacks.allowed_hosts.0");
+        let err = Config::from_sources(None, &env(&[("OPENHQM_CALLBACKS__MAX_ATTEMPTS", "0")]))
+            .unwrap_err();
+        assert_eq!(err.key, "callbacks.max_attempts");
+        // Disabled by default, and then no secret is needed.
+        let c = Config::from_sources(None, &[]).unwrap();
+        assert!(!c.callbacks.enabled());
+    }
+
+    #[test]
+    fn worker_command_settings() {
+        let c = Config::from_sources(
+            Some("worker:\n  command: [python3, p.py]\n  command_processes: 3\n  timeout_seconds: 40\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.worker.command, vec!["python3", "p.py"]);
+        assert_eq!(c.worker.command_processes, 3);
+        assert_eq!(
+            c.worker.command_timeout(),
+            std::time::Duration::from_secs(40)
+        );
+        let c = Config::from_sources(
+            None,
+            &env(&[
+                ("OPENHQM_WORKER__COMMAND", r#"["./proc", "--fast"]"#),
+                ("OPENHQM_WORKER__COMMAND_TIMEOUT_SECONDS", "5"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.worker.command, vec!["./proc", "--fast"]);
+        assert_eq!(c.worker.command_processes, 1);
+        assert_eq!(
+            c.worker.command_timeout(),
+            std::time::Duration::from_secs(5)
+        );
+        for (var, val, key) in [
+            (
+                "OPENHQM_WORKER__COMMAND_PROCESSES",
+                "0",
+                "worker.command_processes",
+            ),
+            (
+                "OPENHQM_WORKER__COMMAND_TIMEOUT_SECONDS",
+                "0",
+                "worker.command_timeout_seconds",
+            ),
+            ("OPENHQM_WORKER__COMMAND", r#"["", "x"]"#, "worker.command"),
+        ] {
+            let err = Config::from_sources(None, &env(&[(var, val)])).unwrap_err();
+            assert_eq!(err.key, key);
+        }
     }
 
     #[test]

@@ -2,13 +2,18 @@
 //! mode) or runs the example processor, at a pace the backend can bear.
 
 mod backend_call;
+pub mod callback;
 mod processor;
 pub mod routing;
 mod runner;
 
+pub use backend_call::Attempt;
+pub use openhqm_core::model::StoredResponse;
+pub use processor::{CommandProcessor, ExampleProcessor, Job, Processor};
+
 use openhqm_core::retry::RetryPolicy;
 use openhqm_core::startup::{open_queue_or_exit, spawn_purge_expired};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -23,6 +28,24 @@ fn fail(msg: impl std::fmt::Display) -> ! {
 /// own `main` after registering custom backends (`openhqm_core::registry`).
 pub fn main() {
     openhqm_core::startup::run_program(PROGRAM, run);
+}
+
+/// The processor given to [`main_with_processor`], if any.
+static CUSTOM: OnceLock<Arc<dyn Processor>> = OnceLock::new();
+
+/// Run the program, like [`main`], with your own [`Processor`] handling
+/// every message when proxy mode is off (instead of the example processor
+/// or `worker.command`). See `worker/examples/custom_processor.rs`.
+pub fn main_with_processor(processor: Arc<dyn Processor>) {
+    // Only the first registration counts; `main` runs once per process.
+    let _ = CUSTOM.set(processor);
+    main();
+}
+
+/// The processor registered with [`main_with_processor`].
+#[allow(dead_code)] // read by the runner
+pub(crate) fn custom_processor() -> Option<Arc<dyn Processor>> {
+    CUSTOM.get().cloned()
 }
 
 async fn run(config: openhqm_core::config::Config) {
