@@ -2,6 +2,7 @@
 //! mode) or runs the example processor, at a pace the backend can bear.
 
 mod backend_call;
+pub mod flow;
 mod processor;
 mod runner;
 
