@@ -375,6 +375,38 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_breaker_that_opens_while_waiting_for_a_permit_is_asked_again() {
+        let flow = Arc::new(EndpointFlow::new(
+            "api".into(),
+            FlowSettings {
+                max_concurrency: Some(1),
+                breaker: Some(opens_at_once(Duration::from_secs(10))),
+                ..FlowSettings::default()
+            },
+            no_op(),
+        ));
+        let first = flow.admit(None).await.unwrap();
+        let start = Instant::now();
+        let waiter = tokio::spawn({
+            let flow = flow.clone();
+            async move {
+                let a = flow.admit(None).await.unwrap();
+                (Instant::now(), a.is_probe())
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // The waiter passed the closed breaker and sits on the semaphore;
+        // now the call in flight fails and the breaker opens.
+        first.finish(false);
+        let (at, probe) = waiter.await.unwrap();
+        assert_eq!(at - start, Duration::from_secs(11));
+        assert!(
+            probe,
+            "admitted as the half-open probe, not on a stale pass"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_rate_is_applied_after_the_permit() {
         let flow = Arc::new(EndpointFlow::new(
             "api".into(),

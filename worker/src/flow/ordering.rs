@@ -156,7 +156,10 @@ mod tests {
             }));
         }
         for t in tasks {
-            t.await.unwrap();
+            timeout(Duration::from_secs(60), t)
+                .await
+                .expect("a task stalled")
+                .unwrap();
         }
         assert_eq!(
             *log.lock().unwrap(),
@@ -260,7 +263,10 @@ mod tests {
         }
         fastrand::shuffle(&mut tasks);
         for t in tasks {
-            t.await.unwrap();
+            timeout(Duration::from_secs(60), t)
+                .await
+                .expect("a task stalled")
+                .unwrap();
         }
         assert_eq!(*log.lock().unwrap(), kept);
         assert_eq!(order.keys_in_use(), 0);
