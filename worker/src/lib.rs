@@ -3,6 +3,7 @@
 
 mod backend_call;
 pub mod callback;
+pub mod flow;
 mod processor;
 pub mod routing;
 mod runner;
