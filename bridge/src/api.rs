@@ -110,6 +110,16 @@ pub async fn submit(
         }
     }
     check_callback(&state.config.callbacks, &metadata)?;
+    let partition_key = match metadata.extra.get("partition_key") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(k)) if !k.is_empty() && k.len() <= 256 => Some(k.clone()),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "`metadata.partition_key` must be a string of 1 to 256 bytes",
+            ))
+        }
+    };
     let traceparent = header_str(&headers, "traceparent");
     let envelope = Envelope {
         version: ENVELOPE_VERSION,
@@ -121,7 +131,8 @@ pub async fn submit(
         payload: Some(payload),
         headers: parsed.headers.unwrap_or_default(),
         request: None,
-        partition_key: None,
+        // Same-key messages are delivered in order (see docs/architecture.md).
+        partition_key,
     };
     let idempotency = header_str(&headers, idempotency::HEADER)
         .map(|v| Idempotency::new(&v, "POST", "/api/v1/submit", None, &body))

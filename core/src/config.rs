@@ -54,6 +54,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub monitoring: MonitoringConfig,
     pub callbacks: CallbacksConfig,
+    pub routing: RoutingConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -240,6 +241,27 @@ pub struct WorkerConfig {
     /// How long a child may take over one message before it is killed and
     /// restarted (the attempt is retried). Default: `timeout_seconds`.
     pub command_timeout_seconds: Option<u64>,
+    /// Longest backend `Retry-After` honoured, seconds; longer asks are
+    /// capped (a misbehaving backend must not park messages for days).
+    pub retry_after_max_seconds: u64,
+    /// What the request queue carries: `envelope` (OpenHQM messages only;
+    /// anything else is dead-lettered), `raw` (every message is foreign: the
+    /// value is the body, attributes become headers, the key the partition
+    /// key) or `auto` (envelopes where they decode, foreign otherwise).
+    pub message_format: MessageFormat,
+    /// The worker's admin listener (`/metrics`, `/health/live`,
+    /// `/health/ready`); loopback by default. Port 0 turns it off.
+    pub admin_host: String,
+    pub admin_port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageFormat {
+    #[default]
+    Envelope,
+    Auto,
+    Raw,
 }
 
 impl Default for WorkerConfig {
@@ -260,6 +282,10 @@ impl Default for WorkerConfig {
             command: Vec::new(),
             command_processes: 1,
             command_timeout_seconds: None,
+            retry_after_max_seconds: 300,
+            message_format: MessageFormat::Envelope,
+            admin_host: "127.0.0.1".into(),
+            admin_port: 8001,
         }
     }
 }
@@ -283,6 +309,9 @@ pub enum AuthType {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
+    /// Base URL (captured requests append their path) or full URL (submit
+    /// API messages); may be left out when `instances` is given.
+    #[serde(default)]
     pub url: String,
     #[serde(default = "default_method")]
     pub method: String,
@@ -301,6 +330,87 @@ pub struct EndpointConfig {
     pub auth_password: Option<String>,
     #[serde(default)]
     pub auth_header_name: Option<String>,
+    /// Several instances of one backend (base URLs like `url`): a message's
+    /// partition key always reaches the same instance (rendezvous hashing),
+    /// for apps that keep session state; messages without a key rotate.
+    #[serde(default)]
+    pub instances: Vec<String>,
+    /// Calls in flight to this endpoint at once, per worker process.
+    #[serde(default)]
+    pub max_concurrency: Option<usize>,
+    /// Calls started per second, per worker process.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Stop calling a failing backend for a while; probe before resuming.
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+    /// Retry settings for this endpoint; unset keys use `worker.*`.
+    #[serde(default)]
+    pub retry: RetryOverride,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub requests_per_second: f64,
+    /// Calls that may start at once after a quiet spell.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+}
+
+fn default_burst() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CircuitBreakerConfig {
+    /// Consecutive failures that open the breaker (0: only the ratio counts).
+    pub failure_threshold: u32,
+    /// Share of failed calls in the window that opens it (unset: off).
+    pub error_ratio: Option<f64>,
+    /// Calls in the window before the ratio is trusted.
+    pub min_requests: u32,
+    pub window_seconds: f64,
+    /// How long it stays open before letting probes through.
+    pub open_seconds: f64,
+    /// Probes let through while half-open; all must succeed to close.
+    pub half_open_probes: u32,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            error_ratio: None,
+            min_requests: 20,
+            window_seconds: 30.0,
+            open_seconds: 10.0,
+            half_open_probes: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryOverride {
+    pub max_retries: Option<u32>,
+    pub retry_delay_base: Option<f64>,
+    pub retry_delay_max: Option<f64>,
+    pub retry_on_status: Option<Vec<String>>,
+    pub no_retry_on_status: Option<Vec<String>>,
+}
+
+/// The routing table (the original's routing.yaml): which endpoint each
+/// message goes to and how its payload is reshaped on the way.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingConfig {
+    pub enabled: bool,
+    /// A routing.yaml file.
+    pub config_path: Option<PathBuf>,
+    /// The same table inline (instead of `config_path`).
+    pub config: Option<Value>,
 }
 
 fn default_method() -> String {
@@ -752,7 +862,10 @@ impl Config {
         }
         for (name, ep) in &self.proxy.endpoints {
             let key = format!("proxy.endpoints.{name}");
-            check_url(&ep.url).map_err(|m| ConfigError::new(format!("{key}.url"), m))?;
+            check_endpoint_flow(ep, &key)?;
+            if ep.instances.is_empty() || !ep.url.is_empty() {
+                check_url(&ep.url).map_err(|m| ConfigError::new(format!("{key}.url"), m))?;
+            }
             check_method(&ep.method).map_err(|m| ConfigError::new(format!("{key}.method"), m))?;
             if ep.timeout == Some(0) {
                 return Err(ConfigError::new(
@@ -782,6 +895,21 @@ impl Config {
             }
         }
         self.callbacks.validate()?;
+        if self.routing.enabled
+            && self.routing.config_path.is_none()
+            && self.routing.config.is_none()
+        {
+            return Err(ConfigError::new(
+                "routing.config_path",
+                "routing is enabled: give a routing.yaml path (or the table inline in routing.config)",
+            ));
+        }
+        if self.routing.config_path.is_some() && self.routing.config.is_some() {
+            return Err(ConfigError::new(
+                "routing.config",
+                "give the table either inline or in routing.config_path, not both",
+            ));
+        }
         let level = self.monitoring.log_level.to_ascii_lowercase();
         if ![
             "trace", "debug", "info", "warn", "warning", "error", "critical",
@@ -822,6 +950,11 @@ impl Config {
                 auth_username: None,
                 auth_password: None,
                 auth_header_name: None,
+                instances: Vec::new(),
+                max_concurrency: None,
+                rate_limit: None,
+                circuit_breaker: None,
+                retry: RetryOverride::default(),
             });
         }
         None
@@ -842,6 +975,89 @@ fn check_url(url: &str) -> Result<(), String> {
 fn check_method(method: &str) -> Result<(), String> {
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
         return Err(format!("`{method}` is not an HTTP method"));
+    }
+    Ok(())
+}
+
+/// Instances, limits, breaker and retry overrides of one endpoint.
+fn check_endpoint_flow(ep: &EndpointConfig, key: &str) -> Result<(), ConfigError> {
+    for (i, url) in ep.instances.iter().enumerate() {
+        check_url(url).map_err(|m| ConfigError::new(format!("{key}.instances.{i}"), m))?;
+    }
+    if ep.max_concurrency == Some(0) {
+        return Err(ConfigError::new(
+            format!("{key}.max_concurrency"),
+            "must be at least 1 (leave it out for no limit)",
+        ));
+    }
+    if let Some(r) = &ep.rate_limit {
+        if !(r.requests_per_second.is_finite() && r.requests_per_second > 0.0) {
+            return Err(ConfigError::new(
+                format!("{key}.rate_limit.requests_per_second"),
+                "must be a number greater than 0",
+            ));
+        }
+        if r.burst == 0 {
+            return Err(ConfigError::new(
+                format!("{key}.rate_limit.burst"),
+                "must be at least 1",
+            ));
+        }
+    }
+    if let Some(b) = &ep.circuit_breaker {
+        let k = format!("{key}.circuit_breaker");
+        if b.failure_threshold == 0 && b.error_ratio.is_none() {
+            return Err(ConfigError::new(
+                format!("{k}.failure_threshold"),
+                "is 0 and error_ratio is unset: the breaker could never open",
+            ));
+        }
+        if let Some(r) = b.error_ratio {
+            if !(r > 0.0 && r <= 1.0) {
+                return Err(ConfigError::new(
+                    format!("{k}.error_ratio"),
+                    "must be in (0, 1]",
+                ));
+            }
+        }
+        for (name, v) in [
+            ("window_seconds", b.window_seconds),
+            ("open_seconds", b.open_seconds),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(ConfigError::new(
+                    format!("{k}.{name}"),
+                    "must be a number of seconds > 0",
+                ));
+            }
+        }
+        if b.half_open_probes == 0 {
+            return Err(ConfigError::new(
+                format!("{k}.half_open_probes"),
+                "must be at least 1",
+            ));
+        }
+    }
+    let r = &ep.retry;
+    for (name, v) in [
+        ("retry_delay_base", r.retry_delay_base),
+        ("retry_delay_max", r.retry_delay_max),
+    ] {
+        if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+            return Err(ConfigError::new(
+                format!("{key}.retry.{name}"),
+                "must be a number of seconds >= 0",
+            ));
+        }
+    }
+    for (name, v) in [
+        ("retry_on_status", &r.retry_on_status),
+        ("no_retry_on_status", &r.no_retry_on_status),
+    ] {
+        if let Some(list) = v {
+            crate::retry::StatusSet::parse(list)
+                .map_err(|m| ConfigError::new(format!("{key}.retry.{name}"), m))?;
+        }
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! attempt (exponential backoff with full jitter, capped, honouring the
 //! backend's `Retry-After` up to the same cap).
 
-use crate::config::WorkerConfig;
+use crate::config::{RetryOverride, WorkerConfig};
 use std::time::Duration;
 
 /// A set of HTTP statuses written as numbers ("429"), classes ("5xx") or
@@ -58,19 +58,41 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     pub base: Duration,
     pub cap: Duration,
+    /// Longest backend `Retry-After` honoured.
+    pub retry_after_max: Duration,
     retry_on: StatusSet,
     never_retry: StatusSet,
 }
 
 impl RetryPolicy {
     pub fn from_config(w: &WorkerConfig) -> Result<RetryPolicy, String> {
+        Self::for_endpoint(w, &RetryOverride::default())
+    }
+
+    /// The worker's policy with one endpoint's overrides applied.
+    pub fn for_endpoint(w: &WorkerConfig, o: &RetryOverride) -> Result<RetryPolicy, String> {
+        let secs = |v: f64| Duration::try_from_secs_f64(v).map_err(|e| e.to_string());
         Ok(RetryPolicy {
-            max_attempts: w.max_retries.saturating_add(1),
-            base: Duration::from_secs_f64(w.retry_delay_base),
-            cap: Duration::from_secs_f64(w.retry_delay_max),
-            retry_on: StatusSet::parse(&w.retry_on_status)?,
-            never_retry: StatusSet::parse(&w.no_retry_on_status)?,
+            max_attempts: o.max_retries.unwrap_or(w.max_retries).saturating_add(1),
+            base: secs(o.retry_delay_base.unwrap_or(w.retry_delay_base))?,
+            cap: secs(o.retry_delay_max.unwrap_or(w.retry_delay_max))?,
+            retry_after_max: Duration::from_secs(w.retry_after_max_seconds),
+            retry_on: StatusSet::parse(o.retry_on_status.as_ref().unwrap_or(&w.retry_on_status))?,
+            never_retry: StatusSet::parse(
+                o.no_retry_on_status
+                    .as_ref()
+                    .unwrap_or(&w.no_retry_on_status),
+            )?,
         })
+    }
+
+    /// The same policy with another attempt budget (a routing-table
+    /// route's `max_retries`).
+    pub fn with_max_retries(&self, max_retries: u32) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: max_retries.saturating_add(1),
+            ..self.clone()
+        }
     }
 
     /// Whether a backend answer with this status is worth another attempt.
@@ -92,7 +114,7 @@ impl RetryPolicy {
     }
 
     /// The delay before the next attempt: full jitter over the ceiling, or
-    /// the backend's `Retry-After` (capped) when it gave one.
+    /// the backend's `Retry-After` (up to `retry_after_max`) when it gave one.
     pub fn delay(
         &self,
         attempt: u32,
@@ -100,7 +122,7 @@ impl RetryPolicy {
         rng: &mut fastrand::Rng,
     ) -> Duration {
         if let Some(ra) = retry_after {
-            return ra.min(self.cap);
+            return ra.min(self.retry_after_max);
         }
         let ceiling = self.backoff_ceiling(attempt);
         let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
@@ -144,6 +166,20 @@ mod tests {
     }
 
     #[test]
+    fn endpoint_overrides() {
+        let o = RetryOverride {
+            max_retries: Some(0),
+            retry_on_status: Some(vec!["503".into()]),
+            ..Default::default()
+        };
+        let p = RetryPolicy::for_endpoint(&WorkerConfig::default(), &o).unwrap();
+        assert!(!p.has_attempts_left(1));
+        assert!(p.retries_status(503) && !p.retries_status(500));
+        assert_eq!(p.base, Duration::from_secs(1));
+        assert_eq!(p.with_max_retries(2).max_attempts, 3);
+    }
+
+    #[test]
     fn attempts() {
         let p = policy(); // max_retries 3 -> 4 attempts
         assert!(p.has_attempts_left(1) && p.has_attempts_left(3));
@@ -178,7 +214,7 @@ mod tests {
         );
         assert_eq!(
             p.delay(1, Some(Duration::from_secs(600)), &mut rng),
-            Duration::from_secs(60)
+            Duration::from_secs(300)
         );
         assert_eq!(parse_retry_after(" 12 "), Some(Duration::from_secs(12)));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);

@@ -10,9 +10,9 @@ bin="$root/target/debug"
 wasm="$root/target/wasm32-wasip1/wasm-release/openhqm_filter.wasm"
 envoy="$root/target/tools/envoy"
 
-for port in 8000 8080 9000 9901; do
+for port in 8000 8080 9000 9101 9901; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-        echo "error: port $port is already in use; the demo needs 8000, 8080, 9000 and 9901" >&2
+        echo "error: port $port is already in use; the demo needs 8000, 8080, 9000, 9101 and 9901" >&2
         exit 1
     fi
 done
@@ -64,13 +64,14 @@ OpenHQM demo is running (logs: $logs)
   Envoy + filter    http://127.0.0.1:8000   (POST /orders is queued; everything else goes straight to the app)
   bridge API        http://127.0.0.1:9000   (/api/v1/submit, /api/v1/status/{id}, /api/v1/response/{id}, /metrics)
   sample app        http://127.0.0.1:8080   (GET /stats shows its peak concurrency)
+  worker admin      http://127.0.0.1:9101   (/metrics: backend calls, in flight, breaker state)
 
 Try:
   curl -si -X POST http://127.0.0.1:8000/orders -H 'content-type: application/json' -d '{"item":"book","qty":1}'
   curl -s  http://127.0.0.1:8000/api/v1/response/<correlation_id from above>
   curl -s  http://127.0.0.1:8000/healthz          # not captured: answered by the app directly
   for i in \$(seq 50); do curl -s -o /dev/null -X POST http://127.0.0.1:8000/orders -H 'content-type: application/json' -d '{"n":'\$i'}' & done; wait
-  curl -s  http://127.0.0.1:8080/stats            # max_in_flight stays at 4: the worker's limit held
+  curl -s  http://127.0.0.1:8080/stats            # max_in_flight stays at 4: the endpoint's limit held
 
 Ctrl-C stops everything.
 TXT

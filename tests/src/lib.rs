@@ -134,6 +134,8 @@ pub struct Stack {
     pub filter_config_extra: String,
     /// Ports of bridges beyond the first, all in Envoy's bridge cluster.
     pub extra_bridge_ports: Vec<u16>,
+    /// Admin (`/metrics`) ports of the workers started, in order.
+    pub worker_admin_ports: Vec<u16>,
     /// Extra `OPENHQM_*` variables for bridge and workers.
     pub env: Vec<(String, String)>,
     pub procs: Vec<Proc>,
@@ -153,6 +155,7 @@ impl Stack {
         let mut stack = Stack {
             env: Vec::new(),
             extra_bridge_ports: Vec::new(),
+            worker_admin_ports: Vec::new(),
             filter_config_extra: String::new(),
             envoy_port: free_port(),
             admin_port: free_port(),
@@ -308,9 +311,28 @@ impl Stack {
         (i, port)
     }
 
+    /// A worker with its own admin port (`/metrics`), recorded in
+    /// `worker_admin_ports` in start order.
     pub fn start_worker(&mut self) -> usize {
-        let p = self.spawn("worker", &bin("openhqm-worker"), &[], &[]);
+        let port = free_port();
+        let port_s = port.to_string();
+        let p = self.spawn(
+            "worker",
+            &bin("openhqm-worker"),
+            &[],
+            &[("OPENHQM_WORKER__ADMIN_PORT", &port_s)],
+        );
+        self.worker_admin_ports.push(port);
         self.keep(p)
+    }
+
+    /// A worker's Prometheus text (by start order), or "" while it is down.
+    pub async fn worker_metrics(&self, n: usize) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.worker_admin_ports[n]);
+        match client().get(url).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
     }
 
     /// Envoy with the shipped envoy/envoy.yaml, moved to this stack's ports.

@@ -1,8 +1,9 @@
 //! Rebuilding the client's request against the backend (proxy mode) and
 //! classifying what came back.
 
+use crate::routing::Routed;
+use crate::work::{Work, WorkBody};
 use openhqm_core::config::{AuthType, Config, EndpointConfig};
-use openhqm_core::envelope::{Envelope, Source};
 use openhqm_core::model::{encode_base64, StoredResponse};
 use openhqm_core::retry::{parse_retry_after, RetryPolicy};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -38,6 +39,8 @@ pub enum Attempt {
         error: String,
         response: Option<StoredResponse>,
     },
+    /// The message's deadline passed before it could be sent: TIMEOUT.
+    Expired,
 }
 
 /// A request ready to send.
@@ -50,14 +53,30 @@ pub struct Outgoing {
     pub timeout: Duration,
 }
 
-/// Build the backend request for an envelope, or say why it cannot be built.
+/// Where one message goes.
+pub struct Target<'a> {
+    pub endpoint: &'a EndpointConfig,
+    /// The endpoint's URL, or the instance chosen for the message's key.
+    pub base_url: &'a str,
+    /// What the routing table made of the message, when it is on.
+    pub routed: Option<&'a Routed>,
+}
+
+/// Build the backend request for a message, or say why it cannot be built.
 pub fn build(
     config: &Config,
-    env: &Envelope,
-    endpoint: &EndpointConfig,
+    work: &Work,
+    target: &Target<'_>,
     attempt: u32,
 ) -> Result<Outgoing, String> {
-    let timeout = Duration::from_secs(endpoint.timeout.unwrap_or(config.worker.timeout_seconds));
+    let endpoint = target.endpoint;
+    let routed = target.routed;
+    let timeout = Duration::from_secs(
+        routed
+            .and_then(|r| r.timeout)
+            .or(endpoint.timeout)
+            .unwrap_or(config.worker.timeout_seconds),
+    );
     let strip: Vec<String> = config
         .proxy
         .strip_headers
@@ -65,12 +84,8 @@ pub fn build(
         .map(|h| h.to_ascii_lowercase())
         .collect();
     let mut headers = HeaderMap::new();
-    let (method, url, body) = match env.source {
-        Source::Filter => {
-            let req = env
-                .request
-                .as_ref()
-                .ok_or("filter message without a request")?;
+    let (method, url, body) = match &work.body {
+        WorkBody::Captured(req) => {
             // Headers named in the client's Connection header are hop-by-hop too.
             let mut hop: Vec<String> = HOP_BY_HOP.iter().map(|s| s.to_string()).collect();
             for (k, v) in &req.headers {
@@ -85,18 +100,17 @@ pub fn build(
                 }
                 append(&mut headers, &lower, &value)?;
             }
-            let base = endpoint.url.trim_end_matches('/');
+            let base = target.base_url.trim_end_matches('/');
             let url = match &req.query {
                 Some(q) => format!("{base}{}?{q}", req.path),
                 None => format!("{base}{}", req.path),
             };
             (req.method.clone(), url, req.body_bytes()?)
         }
-        Source::Api => {
-            let payload = env
-                .payload
-                .as_ref()
-                .ok_or("api message without a payload")?;
+        WorkBody::Api {
+            payload,
+            headers: client_headers,
+        } => {
             let forward: Vec<String> = config
                 .proxy
                 .forward_headers
@@ -104,7 +118,7 @@ pub fn build(
                 .map(|h| h.to_ascii_lowercase())
                 .collect();
             let all = forward.iter().any(|h| h == "*");
-            for (name, value) in &env.headers {
+            for (name, value) in client_headers {
                 let lower = name.to_ascii_lowercase();
                 if (all || forward.contains(&lower))
                     && !strip.contains(&lower)
@@ -116,22 +130,59 @@ pub fn build(
             if !headers.contains_key("content-type") {
                 headers.insert("content-type", HeaderValue::from_static("application/json"));
             }
-            let method = env
-                .metadata
-                .method
-                .clone()
+            let method = routed
+                .and_then(|r| r.method.clone())
+                .or_else(|| work.metadata.method.clone())
                 .unwrap_or_else(|| endpoint.method.clone());
+            let payload = routed.map(|r| &r.body).unwrap_or(payload);
             let body = serde_json::to_vec(payload).map_err(|e| e.to_string())?;
-            (method, endpoint.url.clone(), body)
+            (method, with_query(target.base_url, routed), body)
+        }
+        WorkBody::Foreign {
+            body,
+            headers: attributes,
+        } => {
+            // Broker attributes become headers where they can; a producer's
+            // odd attribute name must not stop the message.
+            for (name, value) in attributes {
+                if HOP_BY_HOP.contains(&name.as_str()) || strip.contains(name) {
+                    continue;
+                }
+                let _ = append(&mut headers, name, value.as_bytes());
+            }
+            let body = match routed {
+                Some(r) => {
+                    headers.insert("content-type", HeaderValue::from_static("application/json"));
+                    serde_json::to_vec(&r.body).map_err(|e| e.to_string())?
+                }
+                None => body.clone(),
+            };
+            if !headers.contains_key("content-type") {
+                let sniffed = if serde_json::from_slice::<serde_json::Value>(&body).is_ok() {
+                    "application/json"
+                } else {
+                    "application/octet-stream"
+                };
+                headers.insert("content-type", HeaderValue::from_static(sniffed));
+            }
+            let method = routed
+                .and_then(|r| r.method.clone())
+                .unwrap_or_else(|| endpoint.method.clone());
+            (method, with_query(target.base_url, routed), body)
         }
     };
+    if let Some(r) = routed {
+        for (k, v) in &r.headers {
+            set(&mut headers, &k.to_ascii_lowercase(), v)?;
+        }
+    }
     for (k, v) in &endpoint.headers {
         set(&mut headers, &k.to_ascii_lowercase(), v)?;
     }
     apply_auth(&mut headers, endpoint)?;
-    set(&mut headers, "x-correlation-id", &env.correlation_id)?;
+    set(&mut headers, "x-correlation-id", &work.correlation_id)?;
     set(&mut headers, "x-openhqm-attempt", &attempt.to_string())?;
-    if let Some(tp) = &env.traceparent {
+    if let Some(tp) = &work.traceparent {
         set(&mut headers, "traceparent", tp)?;
     }
     let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
@@ -143,6 +194,33 @@ pub fn build(
         body,
         timeout,
     })
+}
+
+/// The URL with the routing table's query parameters appended.
+fn with_query(url: &str, routed: Option<&Routed>) -> String {
+    let Some(r) = routed.filter(|r| !r.query.is_empty()) else {
+        return url.to_string();
+    };
+    let pairs: Vec<String> = r
+        .query
+        .iter()
+        .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
+        .collect();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{}", pairs.join("&"))
+}
+
+/// RFC 3986 query component encoding: unreserved characters stay as-is.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn append(headers: &mut HeaderMap, name: &str, value: &[u8]) -> Result<(), String> {
@@ -285,16 +363,24 @@ pub async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openhqm_core::envelope::{HttpRequest, Metadata, ENVELOPE_VERSION};
+    use openhqm_core::envelope::{Envelope, HttpRequest, Metadata, Source, ENVELOPE_VERSION};
     use std::collections::BTreeMap;
 
     fn endpoint(url: &str) -> EndpointConfig {
         serde_json::from_value(serde_json::json!({"url": url})).unwrap()
     }
 
-    fn captured(headers: Vec<(&str, &str)>, body: &[u8]) -> Envelope {
+    fn target<'a>(ep: &'a EndpointConfig) -> Target<'a> {
+        Target {
+            endpoint: ep,
+            base_url: &ep.url,
+            routed: None,
+        }
+    }
+
+    fn captured(headers: Vec<(&str, &str)>, body: &[u8]) -> Work {
         let (body, body_encoding) = openhqm_core::model::encode_body(body);
-        Envelope {
+        Work::from_envelope(Envelope {
             version: ENVELOPE_VERSION,
             correlation_id: "67e55044-10b1-426f-9247-bb680e5fe0c8".into(),
             submitted_at: "t".into(),
@@ -317,7 +403,7 @@ mod tests {
                 body_encoding,
             }),
             partition_key: None,
-        }
+        })
     }
 
     #[test]
@@ -336,7 +422,8 @@ mod tests {
             ],
             &all,
         );
-        let out = build(&config, &env, &endpoint("http://127.0.0.1:8080/"), 2).unwrap();
+        let ep = endpoint("http://127.0.0.1:8080/");
+        let out = build(&config, &env, &target(&ep), 2).unwrap();
         assert_eq!(out.method, reqwest::Method::PUT);
         assert_eq!(out.url, "http://127.0.0.1:8080/orders/7?x=1&y=%20");
         assert_eq!(out.body, all);
@@ -388,7 +475,7 @@ mod tests {
             request: None,
             partition_key: None,
         };
-        let out = build(&config, &env, &ep, 1).unwrap();
+        let out = build(&config, &Work::from_envelope(env), &target(&ep), 1).unwrap();
         assert_eq!(out.method, reqwest::Method::PATCH);
         assert_eq!(out.url, "http://backend/api");
         assert_eq!(out.body, br#"{"a":1}"#);

@@ -1,12 +1,15 @@
 //! `openhqm-worker` as a library: consumes the request queue and calls the backend (proxy
 //! mode) or runs the example processor, at a pace the backend can bear.
 
+mod admin;
 mod backend_call;
 pub mod callback;
 pub mod flow;
 mod processor;
+mod proxy;
 pub mod routing;
 mod runner;
+mod work;
 
 pub use backend_call::Attempt;
 pub use openhqm_core::model::StoredResponse;
@@ -44,7 +47,6 @@ pub fn main_with_processor(processor: Arc<dyn Processor>) {
 }
 
 /// The processor registered with [`main_with_processor`].
-#[allow(dead_code)] // read by the runner
 pub(crate) fn custom_processor() -> Option<Arc<dyn Processor>> {
     CUSTOM.get().cloned()
 }
@@ -67,6 +69,29 @@ async fn run(config: openhqm_core::config::Config) {
         .connect_timeout(Duration::from_secs(5))
         .build()
         .unwrap_or_else(|e| fail(format!("cannot build the HTTP client: {e}")));
+    let metrics = Arc::new(admin::Metrics::new());
+    // Everything that can be wrong with the configuration fails here, before
+    // a message is taken.
+    let proxy = if config.proxy.enabled {
+        Some(proxy::Proxy::new(&config, metrics.clone()).unwrap_or_else(|e| fail(e)))
+    } else {
+        None
+    };
+    let processor = choose_processor(&config).unwrap_or_else(|e| fail(e));
+    // Its own client: callbacks must not follow redirects off the allow-list.
+    let callbacks = callback::http_client(&config.callbacks)
+        .and_then(|client| callback::CallbackSender::new(client, &config.callbacks))
+        .unwrap_or_else(|e| fail(e));
+    if config.worker.admin_port != 0 {
+        admin::serve(
+            &config.worker.admin_host,
+            config.worker.admin_port,
+            metrics.clone(),
+            requests.clone(),
+        )
+        .await
+        .unwrap_or_else(|e| fail(e));
+    }
 
     tracing::info!(
         queue = requests.name(),
@@ -80,15 +105,19 @@ async fn run(config: openhqm_core::config::Config) {
         openhqm_core::shutdown::signal().await;
         let _ = stop_tx.send(true);
     });
-    let worker = Arc::new(runner::Worker::new(
+    let worker = Arc::new(runner::Worker::new(runner::Parts {
         config,
-        requests.clone(),
-        dlq.clone(),
+        requests: requests.clone(),
+        dlq: dlq.clone(),
         responses,
         store,
         http,
         policy,
-    ));
+        metrics,
+        proxy,
+        processor,
+        callbacks,
+    }));
     // Dead letters must not be dropped by a broker that keeps only what is
     // subscribed to (MQTT); nothing is consumed until that is assured.
     if retain_until_done(dlq.as_ref(), stop_rx.clone()).await {
@@ -97,6 +126,26 @@ async fn run(config: openhqm_core::config::Config) {
     let _ = requests.close().await;
     let _ = dlq.close().await;
     tracing::info!("openhqm-worker stopped");
+}
+
+/// The processor used when proxy mode is off: one registered in code
+/// (`main_with_processor`), else `worker.command`, else the built-in example.
+fn choose_processor(
+    config: &openhqm_core::config::Config,
+) -> Result<Arc<dyn processor::Processor>, String> {
+    if let Some(custom) = custom_processor() {
+        return Ok(custom);
+    }
+    if !config.worker.command.is_empty() {
+        let command = CommandProcessor::start(
+            config.worker.command.clone(),
+            config.worker.command_processes,
+            config.worker.command_timeout(),
+        )
+        .map_err(|e| format!("worker.command: {e}"))?;
+        return Ok(Arc::new(command));
+    }
+    Ok(Arc::new(processor::ExampleProcessor))
 }
 
 /// Call `retain_unconsumed` on a publish-only queue until it succeeds (the

@@ -2,10 +2,14 @@
 //! message (ack, nack with backoff, or dead-letter) only after its outcome is
 //! recorded, and hand work back on shutdown.
 
-use crate::backend_call::{self, Attempt};
-use crate::processor;
+use crate::admin::Metrics;
+use crate::backend_call::Attempt;
+use crate::callback::CallbackSender;
+use crate::flow::ordering::{KeyOrder, Ticket};
+use crate::processor::{Job, Processor};
+use crate::proxy::Proxy;
+use crate::work::Work;
 use openhqm_core::config::Config;
-use openhqm_core::envelope::{Envelope, Source};
 use openhqm_core::model::{result_json, RequestRecord, Status, StoredResponse};
 use openhqm_core::queue::{dead_letter, Delivery, Message, Queue, QueueError, Receipt};
 use openhqm_core::retry::RetryPolicy;
@@ -13,11 +17,12 @@ use openhqm_core::store::{PutOutcome, ResultStore};
 use openhqm_core::time::now_rfc3339;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-pub struct Worker {
+/// Everything a worker is made of; built by `lib.rs` from the configuration.
+pub struct Parts {
     pub config: Config,
     pub requests: Arc<dyn Queue>,
     pub dlq: Arc<dyn Queue>,
@@ -25,9 +30,33 @@ pub struct Worker {
     pub responses: Option<Arc<dyn Queue>>,
     pub store: Arc<dyn ResultStore>,
     pub http: reqwest::Client,
+    /// The worker-wide retry policy (processors; endpoints may override).
     pub policy: RetryPolicy,
-    pub lease: Duration,
-    pub ttl: Duration,
+    pub metrics: Arc<Metrics>,
+    /// Proxy mode: endpoints, routing table and flow control.
+    pub proxy: Option<Proxy>,
+    /// Used when proxy mode is off.
+    pub processor: Arc<dyn Processor>,
+    pub callbacks: Option<CallbackSender>,
+}
+
+pub struct Worker {
+    config: Config,
+    requests: Arc<dyn Queue>,
+    dlq: Arc<dyn Queue>,
+    responses: Option<Arc<dyn Queue>>,
+    store: Arc<dyn ResultStore>,
+    http: reqwest::Client,
+    policy: RetryPolicy,
+    metrics: Arc<Metrics>,
+    proxy: Option<Proxy>,
+    processor: Arc<dyn Processor>,
+    callbacks: Option<CallbackSender>,
+    lease: Duration,
+    ttl: Duration,
+    /// Per-partition-key turns, so same-key messages run one at a time in
+    /// the order they were received.
+    order: KeyOrder,
     /// Receipts of messages being worked on, to hand back on shutdown.
     in_flight: Mutex<HashSet<Receipt>>,
 }
@@ -36,27 +65,31 @@ pub struct Worker {
 /// request is noticed.
 const RECEIVE_WAIT: Duration = Duration::from_millis(500);
 
+/// A wall-clock deadline as a tokio instant (past ones become "now").
+fn to_instant(t: SystemTime) -> tokio::time::Instant {
+    let left = t
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    tokio::time::Instant::now() + left
+}
+
 impl Worker {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        config: Config,
-        requests: Arc<dyn Queue>,
-        dlq: Arc<dyn Queue>,
-        responses: Option<Arc<dyn Queue>>,
-        store: Arc<dyn ResultStore>,
-        http: reqwest::Client,
-        policy: RetryPolicy,
-    ) -> Worker {
+    pub fn new(p: Parts) -> Worker {
         Worker {
-            lease: Duration::from_secs(config.worker.lease_seconds),
-            ttl: Duration::from_secs(config.cache.ttl_seconds),
-            config,
-            requests,
-            dlq,
-            responses,
-            store,
-            http,
-            policy,
+            lease: Duration::from_secs(p.config.worker.lease_seconds),
+            ttl: Duration::from_secs(p.config.cache.ttl_seconds),
+            config: p.config,
+            requests: p.requests,
+            dlq: p.dlq,
+            responses: p.responses,
+            store: p.store,
+            http: p.http,
+            policy: p.policy,
+            metrics: p.metrics,
+            proxy: p.proxy,
+            processor: p.processor,
+            callbacks: p.callbacks,
+            order: KeyOrder::default(),
             in_flight: Mutex::new(HashSet::new()),
         }
     }
@@ -104,10 +137,16 @@ impl Worker {
             for delivery in batch {
                 let Some(permit) = held.pop() else { break };
                 self.track(&delivery.receipt, true);
+                // Taken here, in receive order: spawned tasks start in any order.
+                let ticket = delivery
+                    .message
+                    .key
+                    .as_deref()
+                    .map(|k| self.order.ticket(k));
                 let me = self.clone();
                 tasks.spawn(async move {
                     let receipt = delivery.receipt.clone();
-                    me.handle(delivery).await;
+                    me.handle(delivery, ticket).await;
                     me.track(&receipt, false);
                     drop(permit);
                 });
@@ -159,39 +198,76 @@ impl Worker {
         tracing::info!(handed_back = left.len(), "drained");
     }
 
-    async fn handle(&self, delivery: Delivery) {
+    async fn handle(&self, delivery: Delivery, ticket: Option<Ticket>) {
         let started = Instant::now();
-        let env = match Envelope::decode(&delivery.message.body) {
-            Ok(e) => e,
+        self.metrics.active.inc();
+        let outcome = self.handle_inner(&delivery, ticket).await;
+        self.metrics.active.dec();
+        self.metrics
+            .processing_duration
+            .with_label_values(&[outcome])
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.processed.with_label_values(&[outcome]).inc();
+    }
+
+    /// Work one delivery through to a settled message; returns the outcome
+    /// label for metrics.
+    async fn handle_inner(&self, delivery: &Delivery, ticket: Option<Ticket>) -> &'static str {
+        let started = Instant::now();
+        let work = match Work::from_message(
+            &delivery.message,
+            self.config.worker.message_format,
+            self.requests.name(),
+        ) {
+            Ok(w) => w,
             Err(e) => {
                 tracing::error!(message_id = %delivery.message.id, error = %e, "undecodable message; dead-lettering");
-                self.settle_dead(&delivery, &e).await;
-                return;
+                self.settle_dead(delivery, &e).await;
+                return "dead_lettered";
             }
         };
-        let id = env.correlation_id.clone();
-        let existing = match self.store.get(&id).await {
+        let id = work.correlation_id.clone();
+        // Leased from here on: keep the lease while waiting our turn too.
+        let keeper = self.keep_lease(delivery.receipt.clone());
+        let _turn = match ticket {
+            Some(t) => Some(t.turn().await),
+            None => None,
+        };
+        let outcome = self.process(delivery, &work, started).await;
+        keeper.abort();
+        tracing::debug!(correlation_id = %id, outcome, "settled");
+        outcome
+    }
+
+    async fn process(&self, delivery: &Delivery, work: &Work, started: Instant) -> &'static str {
+        let id = &work.correlation_id;
+        let existing = match self.store.get(id).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(correlation_id = %id, error = %e, "result store unavailable; retrying later");
-                self.nack(&delivery, self.policy.base.max(Duration::from_secs(1)))
+                self.nack(delivery, self.policy.base.max(Duration::from_secs(1)))
                     .await;
-                return;
+                return "deferred";
             }
         };
         if let Some(done) = existing.as_ref().filter(|r| r.status.is_final()) {
             // A redelivery of work already finished (the ack, or the response
-            // publish, was lost): no second backend call, but the response is
-            // published again so it is delivered at least once.
+            // publish, was lost): no second backend call, but the response
+            // and the callback go out again so each is delivered at least once.
             tracing::info!(correlation_id = %id, "already final; settling duplicate delivery");
             if self.publish_response(done).await {
-                self.ack(&delivery).await;
+                self.callback(work, done).await;
+                self.ack(delivery).await;
             } else {
-                self.nack(&delivery, Duration::from_secs(1)).await;
+                self.nack(delivery, Duration::from_secs(1)).await;
             }
-            return;
+            return "duplicate";
         }
-        let mut record = existing.unwrap_or_else(|| RequestRecord::pending(&id, &env.submitted_at));
+        let mut record = existing.unwrap_or_else(|| RequestRecord::pending(id, &work.submitted_at));
+        let deadline = work.deadline().map(to_instant);
+        if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
+            return self.expire(delivery, work, record, started).await;
+        }
         record.status = Status::Processing;
         record.attempts = delivery.attempt;
         record.updated_at = now_rfc3339();
@@ -200,108 +276,156 @@ impl Worker {
         }
         tracing::info!(correlation_id = %id, attempt = delivery.attempt, "processing");
 
-        let keeper = self.keep_lease(delivery.receipt.clone());
-        let attempt = self.execute(&env, delivery.attempt).await;
-        keeper.abort();
-
-        let elapsed = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        match attempt {
-            Attempt::Answered(resp) => {
-                tracing::info!(correlation_id = %id, status_code = resp.status_code, elapsed_ms = elapsed, "completed");
-                record.status = Status::Completed;
-                record.error = None;
-                self.finish(&delivery, record, Some(resp), elapsed).await;
+        let plan = if self.config.proxy.enabled {
+            match self.proxy.as_ref().map(|p| p.plan(work)) {
+                Some(Ok(plan)) => Some(plan),
+                Some(Err(error)) => {
+                    return self
+                        .fail(delivery, work, record, &error, None, started)
+                        .await
+                }
+                None => None,
             }
-            Attempt::Retry {
-                error,
-                response,
-                retry_after,
-            } if self.policy.has_attempts_left(delivery.attempt) => {
-                let mut rng = fastrand::Rng::new();
-                let delay = self.policy.delay(delivery.attempt, retry_after, &mut rng);
-                tracing::warn!(correlation_id = %id, attempt = delivery.attempt, %error, retry_in_ms = delay.as_millis() as u64, "attempt failed; will retry");
-                record.status = Status::Pending;
-                record.error = Some(error);
-                record.response = response;
-                record.updated_at = now_rfc3339();
-                let _ = self.store.put(&record, self.ttl).await;
-                self.nack(&delivery, delay).await;
-            }
-            Attempt::Retry {
-                error, response, ..
-            }
-            | Attempt::Fail { error, response } => {
-                let error = if self.policy.has_attempts_left(delivery.attempt) {
-                    error
-                } else {
-                    format!("{error} (after {} attempts)", delivery.attempt)
-                };
-                tracing::error!(correlation_id = %id, attempt = delivery.attempt, %error, "failed; dead-lettering");
-                record.status = Status::Failed;
-                record.error = Some(error.clone());
-                if self.finish_record(record, response, elapsed).await {
-                    self.settle_dead(&delivery, &error).await;
-                } else {
-                    self.nack(&delivery, Duration::from_secs(1)).await;
+        } else {
+            None
+        };
+        let policy = plan.as_ref().map_or(&self.policy, |p| &p.policy);
+        let endpoint = plan.as_ref().map_or("processor", |p| p.name);
+        // Keyed messages retry here, holding their turn, so a later message
+        // with the same key cannot overtake them; others go back to the queue.
+        let keyed = work.partition_key.is_some();
+        let mut attempt = delivery.attempt;
+        loop {
+            let result = match &plan {
+                Some(plan) => {
+                    let proxy = self.proxy.as_ref().expect("plan implies proxy");
+                    proxy
+                        .call(&self.http, &self.config, plan, work, attempt, deadline)
+                        .await
+                }
+                None => self.run_processor(work, attempt).await,
+            };
+            match result {
+                Attempt::Answered(resp) => {
+                    tracing::info!(correlation_id = %id, status_code = resp.status_code, attempt, "completed");
+                    record.status = Status::Completed;
+                    record.error = None;
+                    record.attempts = attempt;
+                    return if self
+                        .finish(delivery, work, record, Some(resp), started)
+                        .await
+                    {
+                        "completed"
+                    } else {
+                        "deferred"
+                    };
+                }
+                Attempt::Expired => return self.expire(delivery, work, record, started).await,
+                Attempt::Retry {
+                    error,
+                    response,
+                    retry_after,
+                } if policy.has_attempts_left(attempt) => {
+                    self.metrics.errors.with_label_values(&["retry"]).inc();
+                    self.metrics.retries.with_label_values(&[endpoint]).inc();
+                    let delay = policy.delay(attempt, retry_after, &mut fastrand::Rng::new());
+                    tracing::warn!(correlation_id = %id, attempt, %error, retry_in_ms = delay.as_millis() as u64, "attempt failed; will retry");
+                    record.status = Status::Pending;
+                    record.error = Some(error);
+                    record.response = response;
+                    record.attempts = attempt;
+                    record.updated_at = now_rfc3339();
+                    let _ = self.store.put(&record, self.ttl).await;
+                    if !keyed {
+                        self.nack(delivery, delay).await;
+                        return "retried";
+                    }
+                    let wake = tokio::time::Instant::now() + delay;
+                    if deadline.is_some_and(|d| d <= wake) {
+                        return self.expire(delivery, work, record, started).await;
+                    }
+                    tokio::time::sleep_until(wake).await;
+                    attempt += 1;
+                }
+                Attempt::Retry {
+                    error, response, ..
+                }
+                | Attempt::Fail { error, response } => {
+                    self.metrics.errors.with_label_values(&["fail"]).inc();
+                    let error = if policy.has_attempts_left(attempt) {
+                        error
+                    } else {
+                        format!("{error} (after {attempt} attempts)")
+                    };
+                    record.attempts = attempt;
+                    return self
+                        .fail(delivery, work, record, &error, response, started)
+                        .await;
                 }
             }
         }
     }
 
-    async fn execute(&self, env: &Envelope, attempt: u32) -> Attempt {
-        if self.config.proxy.enabled {
-            let Some(endpoint) = self
-                .config
-                .resolve_endpoint(env.metadata.endpoint.as_deref())
-            else {
+    /// Final FAILED: recorded, then the message goes to the DLQ.
+    async fn fail(
+        &self,
+        delivery: &Delivery,
+        work: &Work,
+        mut record: RequestRecord,
+        error: &str,
+        response: Option<StoredResponse>,
+        started: Instant,
+    ) -> &'static str {
+        tracing::error!(correlation_id = %work.correlation_id, attempt = record.attempts, %error, "failed; dead-lettering");
+        record.status = Status::Failed;
+        record.error = Some(error.to_string());
+        if self.finish_record(work, record, response, started).await {
+            self.settle_dead(delivery, error).await;
+            "failed"
+        } else {
+            self.nack(delivery, Duration::from_secs(1)).await;
+            "deferred"
+        }
+    }
+
+    /// Final TIMEOUT: the client's deadline passed before the request could
+    /// be sent. Not a failure of the backend, so not dead-lettered.
+    async fn expire(
+        &self,
+        delivery: &Delivery,
+        work: &Work,
+        mut record: RequestRecord,
+        started: Instant,
+    ) -> &'static str {
+        tracing::warn!(correlation_id = %work.correlation_id, "deadline passed before the request could be sent");
+        record.status = Status::Timeout;
+        record.error =
+            Some("the request's deadline (metadata.timeout) passed before it could be sent".into());
+        if self.finish(delivery, work, record, None, started).await {
+            "timeout"
+        } else {
+            "deferred"
+        }
+    }
+
+    async fn run_processor(&self, work: &Work, attempt: u32) -> Attempt {
+        let payload = match work.payload() {
+            Ok(p) => p,
+            Err(e) => {
                 return Attempt::Fail {
-                    error: "the message names an endpoint that is not configured".into(),
+                    error: format!("the processor takes JSON: {e}"),
                     response: None,
-                };
-            };
-            return match backend_call::build(&self.config, env, &endpoint, attempt) {
-                Ok(out) => {
-                    backend_call::send(
-                        &self.http,
-                        out,
-                        &self.policy,
-                        self.config.proxy.max_response_size,
-                    )
-                    .await
                 }
-                Err(e) => Attempt::Fail {
-                    error: e,
-                    response: None,
-                },
-            };
-        }
-        let payload =
-            match env.source {
-                Source::Api => env.payload.clone().unwrap_or_default(),
-                Source::Filter => {
-                    let body = env.request.as_ref().map(|r| r.body_bytes()).transpose();
-                    match body.ok().flatten().map(|b| serde_json::from_slice(&b)) {
-                        Some(Ok(v)) => v,
-                        _ => return Attempt::Fail {
-                            error:
-                                "the example processor takes a JSON body {\"operation\", \"data\"}"
-                                    .into(),
-                            response: None,
-                        },
-                    }
-                }
-            };
-        match processor::run(&payload) {
-            Ok(out) => Attempt::Answered(StoredResponse::new(
-                200,
-                vec![("content-type".into(), "application/json".into())],
-                out.to_string().as_bytes(),
-            )),
-            Err(error) => Attempt::Fail {
-                error,
-                response: None,
-            },
-        }
+            }
+        };
+        let job = Job {
+            correlation_id: work.correlation_id.clone(),
+            attempt,
+            payload,
+            headers: work.headers(),
+            metadata: serde_json::to_value(&work.metadata).unwrap_or_default(),
+        };
+        self.processor.process(&job).await
     }
 
     /// Extend the lease while the work goes on, so a slow backend call is not
@@ -327,30 +451,54 @@ impl Worker {
         })
     }
 
-    /// Record the final outcome; true when it is stored (or a final outcome
-    /// was already there).
-    /// Record the final outcome and publish it to the response queue; true
-    /// when both are done (or another worker's final outcome was already
-    /// stored: it publishes its own), so the message may be settled.
+    /// Record the final outcome, publish it to the response queue and call
+    /// the client's callback; true when stored and published (or another
+    /// worker's final outcome was already stored: it publishes its own), so
+    /// the message may be settled.
     async fn finish_record(
         &self,
+        work: &Work,
         mut record: RequestRecord,
         response: Option<StoredResponse>,
-        elapsed: u64,
+        started: Instant,
     ) -> bool {
         let now = now_rfc3339();
         record.response = response;
-        record.processing_time_ms = Some(elapsed);
+        record.processing_time_ms =
+            Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
         record.completed_at = Some(now.clone());
         record.updated_at = now;
         match self.store.put(&record, self.ttl).await {
-            Ok(PutOutcome::Written) => self.publish_response(&record).await,
+            Ok(PutOutcome::Written) => {
+                if !self.publish_response(&record).await {
+                    return false;
+                }
+                self.callback(work, &record).await;
+                true
+            }
             Ok(PutOutcome::KeptFinal) => true,
             Err(e) => {
                 tracing::warn!(correlation_id = %record.correlation_id, error = %e, "could not store the result; will redo the work");
                 false
             }
         }
+    }
+
+    /// One signed call to the client's callback URL per final outcome. A
+    /// receiver that stays down does not hold the queue: after the retries
+    /// the failure is logged and counted, and the result stays fetchable.
+    async fn callback(&self, work: &Work, record: &RequestRecord) {
+        let (Some(url), Some(sender)) = (work.callback_url(), &self.callbacks) else {
+            return;
+        };
+        let result = match sender.deliver(url, record).await {
+            Ok(()) => "delivered",
+            Err(e) => {
+                tracing::warn!(correlation_id = %record.correlation_id, error = %e, "completion callback not delivered");
+                "failed"
+            }
+        };
+        self.metrics.callbacks.with_label_values(&[result]).inc();
     }
 
     /// Publish a final outcome to the response queue (when enabled), as the
@@ -376,25 +524,35 @@ impl Worker {
         }
     }
 
+    /// Store a final outcome and settle the message: ack when recorded,
+    /// otherwise hand it back to be done again. True when acked.
     async fn finish(
         &self,
         delivery: &Delivery,
+        work: &Work,
         record: RequestRecord,
         response: Option<StoredResponse>,
-        elapsed: u64,
-    ) {
-        if self.finish_record(record, response, elapsed).await {
+        started: Instant,
+    ) -> bool {
+        if self.finish_record(work, record, response, started).await {
             self.ack(delivery).await;
+            true
         } else {
             self.nack(delivery, Duration::from_secs(1)).await;
+            false
         }
     }
 
     async fn settle_dead(&self, delivery: &Delivery, error: &str) {
-        if let Err(e) =
-            dead_letter(self.requests.as_ref(), self.dlq.as_ref(), delivery, error).await
-        {
-            tracing::warn!(error = %e, "dead-lettering failed; the message will be redelivered");
+        match dead_letter(self.requests.as_ref(), self.dlq.as_ref(), delivery, error).await {
+            Ok(()) => self
+                .metrics
+                .dlq_published
+                .with_label_values(&[self.dlq.name()])
+                .inc(),
+            Err(e) => {
+                tracing::warn!(error = %e, "dead-lettering failed; the message will be redelivered")
+            }
         }
     }
 

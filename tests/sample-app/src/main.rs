@@ -10,15 +10,21 @@
 //!   `POST /stats/reset` zeroes them
 //! - `PUT /control`   `{"delay_ms", "fail_status", "fail_rate"}` changes
 //!   behaviour for every request (the demo's "make it slow / make it fail")
+//! - `ANY /echo/...`  answers with the request it got (method, path, query,
+//!   headers, body), so a test can see what a transform produced
+//! - `GET /requests`  the log of requests to `/orders` and `/echo` (arrival
+//!   time, correlation ID, attempt, JSON body, status answered), for tests of
+//!   rate limits, ordering and sticky routing; cleared by `POST /stats/reset`
 //! - per request: `x-sample-delay-ms: N`; `x-sample-fail-times: N` with
 //!   `x-sample-fail-status: S` fails the first N attempts of each
-//!   `x-correlation-id` with status S (default 500), then succeeds
+//!   `x-correlation-id` with status S (default 500), then succeeds;
+//!   `x-sample-retry-after: N` adds `Retry-After: N` to those failures
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -45,6 +51,38 @@ struct App {
     attempts: Mutex<HashMap<String, u64>>,
     /// Orders created, by id, for `GET /orders/{id}`.
     orders: Mutex<HashMap<String, Value>>,
+    /// `--name`: which instance answered, in the request log.
+    name: String,
+    log: Mutex<Vec<Value>>,
+    started: std::time::Instant,
+}
+
+/// Requests kept in the log; older ones are dropped.
+const LOG_LIMIT: usize = 50_000;
+
+impl App {
+    fn record(&self, method: &str, path: &str, headers: &HeaderMap, body: &[u8], status: u16) {
+        let entry = json!({
+            "at_ms": self.started.elapsed().as_secs_f64() * 1000.0,
+            "instance": self.name,
+            "method": method,
+            "path": path,
+            "correlation_id": header(headers, "x-correlation-id"),
+            "attempt": header(headers, "x-openhqm-attempt"),
+            "body": serde_json::from_slice::<Value>(body).ok(),
+            "body_text": std::str::from_utf8(body).ok(),
+            "headers": headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect::<std::collections::BTreeMap<_, _>>(),
+            "status": status,
+        });
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        if log.len() >= LOG_LIMIT {
+            log.remove(0);
+        }
+        log.push(entry);
+    }
 }
 
 /// Counts a request as held from creation to drop, whatever path it takes.
@@ -69,21 +107,27 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 async fn orders(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    let _held = InFlight::enter(&app);
+    let resp = create_order(&app, &headers, &body).await;
+    app.record("POST", "/orders", &headers, &body, resp.status().as_u16());
+    resp
+}
+
+async fn create_order(app: &App, headers: &HeaderMap, body: &Bytes) -> Response {
+    let _held = InFlight::enter(app);
     let (delay_ms, fail_status, fail_rate) = {
         let c = app.control.lock().unwrap_or_else(|p| p.into_inner());
         (c.delay_ms, c.fail_status, c.fail_rate)
     };
-    let delay = header(&headers, "x-sample-delay-ms")
+    let delay = header(headers, "x-sample-delay-ms")
         .and_then(|v| v.parse().ok())
         .unwrap_or(delay_ms);
     tokio::time::sleep(Duration::from_millis(delay)).await;
 
-    let fail_times: u64 = header(&headers, "x-sample-fail-times")
+    let fail_times: u64 = header(headers, "x-sample-fail-times")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     if fail_times > 0 {
-        let key = header(&headers, "x-correlation-id")
+        let key = header(headers, "x-correlation-id")
             .unwrap_or("-")
             .to_string();
         let seen = {
@@ -93,13 +137,17 @@ async fn orders(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
             *n
         };
         if seen <= fail_times {
-            let status = header(&headers, "x-sample-fail-status")
+            let status = header(headers, "x-sample-fail-status")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(500);
-            return fail(
+            let mut resp = fail(
                 status,
                 &format!("failing attempt {seen} of {fail_times} on request"),
             );
+            if let Some(ra) = headers.get("x-sample-retry-after") {
+                resp.headers_mut().insert("retry-after", ra.clone());
+            }
+            return resp;
         }
     }
     if fail_rate > 0.0 && fastrand_f64() < fail_rate {
@@ -112,9 +160,9 @@ async fn orders(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
     let id = app.next_id.fetch_add(1, Ordering::SeqCst) + 1;
     app.served.fetch_add(1, Ordering::SeqCst);
     let id = format!("ord-{id}");
-    let is_json = header(&headers, "content-type").is_some_and(|c| c.contains("json"));
+    let is_json = header(headers, "content-type").is_some_and(|c| c.contains("json"));
     let order = if is_json {
-        serde_json::from_slice::<Value>(&body).ok()
+        serde_json::from_slice::<Value>(body).ok()
     } else {
         None
     };
@@ -124,7 +172,7 @@ async fn orders(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
             "id": id,
             "status": "created",
             "received_bytes": body.len(),
-            "body_base64": base64(&body),
+            "body_base64": base64(body),
         }),
     };
     app.orders
@@ -208,6 +256,42 @@ async fn healthz() -> Response {
     resp
 }
 
+/// `ANY /echo/...`: the request as the app received it.
+async fn echo(
+    State(app): State<Arc<App>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let _held = InFlight::enter(&app);
+    app.served.fetch_add(1, Ordering::SeqCst);
+    let header_map: serde_json::Map<String, Value> = headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            )
+        })
+        .collect();
+    let reply = json!({
+        "method": method.as_str(),
+        "path": uri.path(),
+        "query": uri.query(),
+        "headers": header_map,
+        "body": serde_json::from_slice::<Value>(&body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned())),
+    });
+    app.record(method.as_str(), uri.path(), &headers, &body, 200);
+    Json(reply).into_response()
+}
+
+async fn requests(State(app): State<Arc<App>>) -> Json<Value> {
+    let log = app.log.lock().unwrap_or_else(|p| p.into_inner());
+    Json(Value::Array(log.clone()))
+}
+
 async fn stats(State(app): State<Arc<App>>) -> Json<Value> {
     Json(json!({
         "max_in_flight": app.max_in_flight.load(Ordering::SeqCst),
@@ -224,6 +308,7 @@ async fn reset(State(app): State<Arc<App>>) -> StatusCode {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clear();
+    app.log.lock().unwrap_or_else(|p| p.into_inner()).clear();
     StatusCode::NO_CONTENT
 }
 
@@ -265,6 +350,7 @@ async fn main() {
     let mut host = "127.0.0.1".to_string();
     let mut port: u16 = 8080;
     let mut delay_ms: u64 = 200;
+    let mut name = "app".to_string();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| {
@@ -283,6 +369,7 @@ async fn main() {
                     .parse()
                     .unwrap_or_else(|_| usage("--delay-ms takes a number"))
             }
+            "--name" => name = value("--name"),
             _ => usage(&format!("unknown argument {a}")),
         }
     }
@@ -297,6 +384,9 @@ async fn main() {
         next_id: AtomicU64::new(0),
         attempts: Mutex::new(HashMap::new()),
         orders: Mutex::new(HashMap::new()),
+        name,
+        log: Mutex::new(Vec::new()),
+        started: std::time::Instant::now(),
     });
     let router = Router::new()
         .route("/orders", post(orders))
@@ -305,6 +395,9 @@ async fn main() {
         .route("/stats", get(stats))
         .route("/stats/reset", post(reset))
         .route("/control", put(control))
+        .route("/echo", any(echo))
+        .route("/echo/{*rest}", any(echo))
+        .route("/requests", get(requests))
         .with_state(app);
     let addr = format!("{host}:{port}");
     let listener = tokio::net::TcpListener::bind(&addr)
@@ -320,7 +413,7 @@ async fn main() {
 
 fn usage(msg: &str) -> ! {
     eprintln!(
-        "openhqm-sample-app: {msg}\nusage: openhqm-sample-app [--host H] [--port P] [--delay-ms N]"
+        "openhqm-sample-app: {msg}\nusage: openhqm-sample-app [--host H] [--port P] [--delay-ms N] [--name NAME]"
     );
     std::process::exit(2);
 }

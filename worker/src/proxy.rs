@@ -1,0 +1,269 @@
+//! Proxy mode: which endpoint a message goes to (routing table, the
+//! message's named endpoint, or the default), and the call itself under
+//! that endpoint's flow control (breaker, concurrency, rate, sticky instance).
+
+use crate::admin::Metrics;
+use crate::backend_call::{self, Attempt, Target};
+use crate::flow::breaker::{BreakerSettings, BreakerState, OnChange};
+use crate::flow::{EndpointFlow, FlowSettings};
+use crate::routing::{RouteError, Routed, RoutingTable};
+use crate::work::{Work, WorkBody};
+use openhqm_core::config::{Config, EndpointConfig};
+use openhqm_core::retry::RetryPolicy;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The name metrics and logs use for a default endpoint given as a bare URL.
+const DEFAULT_NAME: &str = "default";
+
+struct Endpoint {
+    config: EndpointConfig,
+    flow: Arc<EndpointFlow>,
+    policy: RetryPolicy,
+}
+
+pub struct Proxy {
+    endpoints: HashMap<String, Endpoint>,
+    default: Option<String>,
+    routing: Option<RoutingTable>,
+    metrics: Arc<Metrics>,
+}
+
+/// Where one message goes and under which rules.
+pub struct Plan<'a> {
+    pub name: &'a str,
+    endpoint: &'a Endpoint,
+    pub routed: Option<Routed>,
+    pub policy: RetryPolicy,
+}
+
+impl Proxy {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Proxy, String> {
+        let mut endpoints = HashMap::new();
+        let mut add = |name: &str, ep: EndpointConfig| -> Result<(), String> {
+            let policy = RetryPolicy::for_endpoint(&config.worker, &ep.retry)
+                .map_err(|e| format!("proxy.endpoints.{name}.retry: {e}"))?;
+            let flow = Arc::new(EndpointFlow::new(
+                name.to_string(),
+                flow_settings(&ep),
+                breaker_observer(metrics.clone()),
+            ));
+            metrics
+                .breaker_state
+                .with_label_values(&[name])
+                .set(BreakerState::Closed.as_gauge());
+            endpoints.insert(
+                name.to_string(),
+                Endpoint {
+                    config: ep,
+                    flow,
+                    policy,
+                },
+            );
+            Ok(())
+        };
+        for (name, ep) in &config.proxy.endpoints {
+            add(name, ep.clone())?;
+        }
+        let mut default = config.proxy.default_endpoint.clone();
+        if let Some(d) = &default {
+            if !config.proxy.endpoints.contains_key(d) {
+                // A bare URL (validated by the config): its own endpoint.
+                let ep = config
+                    .resolve_endpoint(Some(d))
+                    .ok_or_else(|| format!("proxy.default_endpoint: `{d}` is not usable"))?;
+                add(DEFAULT_NAME, ep)?;
+                default = Some(DEFAULT_NAME.to_string());
+            }
+        }
+        let routing = if config.routing.enabled {
+            let table = match (&config.routing.config_path, &config.routing.config) {
+                (Some(path), _) => {
+                    RoutingTable::load(path).map_err(|e| format!("routing.config_path: {e}"))?
+                }
+                (None, Some(inline)) => serde_json::to_value(inline)
+                    .map_err(|e| e.to_string())
+                    .and_then(RoutingTable::from_value)
+                    .map_err(|e| format!("routing.config: {e}"))?,
+                (None, None) => return Err("routing.config_path: not set".into()),
+            };
+            for name in table.endpoints() {
+                if !endpoints.contains_key(&name) {
+                    return Err(format!(
+                        "routing: endpoint `{name}` is not in proxy.endpoints"
+                    ));
+                }
+            }
+            Some(table)
+        } else {
+            None
+        };
+        Ok(Proxy {
+            endpoints,
+            default,
+            routing,
+            metrics,
+        })
+    }
+
+    /// Decide where a message goes. Captured requests are replayed as they
+    /// came (the routing table reshapes payloads, not captured requests).
+    pub fn plan(&self, work: &Work) -> Result<Plan<'_>, String> {
+        let mut routed = None;
+        let mut name = work.metadata.endpoint.clone();
+        if let (Some(table), false) = (&self.routing, matches!(work.body, WorkBody::Captured(_))) {
+            match table.route(&work.routing_view()) {
+                Ok(r) => {
+                    name = Some(r.endpoint.clone());
+                    routed = Some(r);
+                }
+                Err(RouteError::NoRoute) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        let name = name
+            .or_else(|| self.default.clone())
+            .ok_or("no endpoint: the message names none and proxy.default_endpoint is unset")?;
+        let (name, endpoint) = self
+            .endpoints
+            .get_key_value(&name)
+            // Never an arbitrary URL from a message: names only.
+            .ok_or_else(|| {
+                format!("the message names endpoint `{name}`, which is not configured")
+            })?;
+        let mut policy = endpoint.policy.clone();
+        if let Some(n) = routed.as_ref().and_then(|r: &Routed| r.max_retries) {
+            policy = policy.with_max_retries(n);
+        }
+        Ok(Plan {
+            name,
+            endpoint,
+            routed,
+            policy,
+        })
+    }
+
+    /// One attempt under the endpoint's flow control. Waits while the
+    /// breaker is open, for a concurrency slot and a rate token; gives up
+    /// with `Expired` when the message's deadline passes first.
+    pub async fn call(
+        &self,
+        http: &reqwest::Client,
+        config: &Config,
+        plan: &Plan<'_>,
+        work: &Work,
+        attempt: u32,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Attempt {
+        let flow = &plan.endpoint.flow;
+        let Ok(admission) = flow.admit(deadline).await else {
+            return Attempt::Expired;
+        };
+        let base_url = flow
+            .instance(work.partition_key.as_deref())
+            .unwrap_or(&plan.endpoint.config.url);
+        let target = Target {
+            endpoint: &plan.endpoint.config,
+            base_url,
+            routed: plan.routed.as_ref(),
+        };
+        let mut out = match backend_call::build(config, work, &target, attempt) {
+            Ok(o) => o,
+            Err(error) => {
+                // Nothing was sent: the backend is not to blame.
+                admission.finish(true);
+                return Attempt::Fail {
+                    error,
+                    response: None,
+                };
+            }
+        };
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(tokio::time::Instant::now());
+            out.timeout = out.timeout.min(left.max(Duration::from_millis(1)));
+        }
+        let in_flight = self
+            .metrics
+            .backend_in_flight
+            .with_label_values(&[plan.name]);
+        in_flight.inc();
+        let result =
+            backend_call::send(http, out, &plan.policy, config.proxy.max_response_size).await;
+        in_flight.dec();
+        let (class, healthy) = classify(&result);
+        admission.finish(healthy);
+        self.metrics
+            .backend_calls
+            .with_label_values(&[plan.name, class])
+            .inc();
+        result
+    }
+}
+
+/// The metric label of an outcome, and whether it says the backend is
+/// healthy. 4xx (429 included) are answers from a working backend; only
+/// 5xx, timeouts and connection failures count against the breaker.
+fn classify(a: &Attempt) -> (&'static str, bool) {
+    let status = match a {
+        Attempt::Answered(r) => Some(r.status_code),
+        Attempt::Retry { response, .. } | Attempt::Fail { response, .. } => {
+            response.as_ref().map(|r| r.status_code)
+        }
+        Attempt::Expired => return ("expired", true),
+    };
+    match status {
+        Some(s) if s >= 500 => ("5xx", false),
+        Some(s) if s >= 400 => ("4xx", true),
+        Some(s) if s >= 300 => ("3xx", true),
+        Some(_) => ("2xx", true),
+        None if matches!(a, Attempt::Fail { .. }) => ("error", true),
+        None => ("error", false),
+    }
+}
+
+fn flow_settings(ep: &EndpointConfig) -> FlowSettings {
+    FlowSettings {
+        max_concurrency: ep.max_concurrency,
+        rate: ep
+            .rate_limit
+            .as_ref()
+            .map(|r| (r.requests_per_second, r.burst)),
+        breaker: ep.circuit_breaker.as_ref().map(|b| BreakerSettings {
+            failure_threshold: b.failure_threshold,
+            error_ratio: b.error_ratio,
+            min_requests: b.min_requests,
+            window: Duration::from_secs_f64(b.window_seconds),
+            open_for: Duration::from_secs_f64(b.open_seconds),
+            half_open_probes: b.half_open_probes,
+        }),
+        instances: ep.instances.clone(),
+    }
+}
+
+/// Every breaker state change is logged and counted.
+fn breaker_observer(metrics: Arc<Metrics>) -> OnChange {
+    Box::new(move |name, from, to| {
+        metrics
+            .breaker_state
+            .with_label_values(&[name])
+            .set(to.as_gauge());
+        metrics
+            .breaker_transitions
+            .with_label_values(&[name, to.as_str()])
+            .inc();
+        match to {
+            BreakerState::Open => tracing::warn!(
+                endpoint = name,
+                from = from.as_str(),
+                "circuit breaker open: calls to this endpoint are paused"
+            ),
+            _ => tracing::info!(
+                endpoint = name,
+                from = from.as_str(),
+                to = to.as_str(),
+                "circuit breaker state changed"
+            ),
+        }
+    })
+}
