@@ -547,4 +547,129 @@ mod tests {
         let (_, body, _) = call(&f, "GET", "/admin/dlq", Some(TOKEN)).await;
         assert_eq!(body["count"], 0);
     }
+
+    /// A queue that cannot browse (like MQTT's): everything else delegated.
+    struct NoBrowse(Arc<dyn Queue>);
+
+    #[async_trait::async_trait]
+    impl Queue for NoBrowse {
+        fn name(&self) -> &str {
+            self.0.name()
+        }
+        async fn publish(&self, m: Message) -> Result<(), QueueError> {
+            self.0.publish(m).await
+        }
+        async fn receive(
+            &self,
+            max: usize,
+            wait: Duration,
+            lease: Duration,
+        ) -> Result<Vec<openhqm_core::queue::Delivery>, QueueError> {
+            self.0.receive(max, wait, lease).await
+        }
+        async fn ack(&self, r: &openhqm_core::queue::Receipt) -> Result<(), QueueError> {
+            self.0.ack(r).await
+        }
+        async fn nack(
+            &self,
+            r: &openhqm_core::queue::Receipt,
+            delay: Duration,
+        ) -> Result<(), QueueError> {
+            self.0.nack(r, delay).await
+        }
+        async fn extend_lease(
+            &self,
+            r: &openhqm_core::queue::Receipt,
+            lease: Duration,
+        ) -> Result<(), QueueError> {
+            self.0.extend_lease(r, lease).await
+        }
+        async fn depth(&self) -> Result<openhqm_core::queue::Depth, QueueError> {
+            self.0.depth().await
+        }
+        async fn close(&self) -> Result<(), QueueError> {
+            self.0.close().await
+        }
+    }
+
+    struct NoBrowseBackend(Arc<dyn QueueBackend>);
+
+    #[async_trait::async_trait]
+    impl QueueBackend for NoBrowseBackend {
+        fn kind(&self) -> &str {
+            "no-browse"
+        }
+        async fn open(&self, name: &str) -> Result<Arc<dyn Queue>, QueueError> {
+            Ok(Arc::new(NoBrowse(self.0.open(name).await?)))
+        }
+    }
+
+    #[tokio::test]
+    async fn unsupported_is_501_and_a_broker_outage_is_503() {
+        let f = fixture(Some(TOKEN)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let inner: Arc<dyn QueueBackend> =
+            Arc::new(EmbeddedBackend::open(dir.path(), 1024).unwrap());
+        let backend: Arc<dyn QueueBackend> = Arc::new(NoBrowseBackend(inner));
+        let requests = backend.open("requests").await.unwrap();
+        let g = Fixture {
+            state: Arc::new(AppState::new(
+                f.state.config.clone(),
+                backend,
+                requests,
+                f.store.clone(),
+            )),
+            store: f.store.clone(),
+            _dir: dir,
+        };
+        for (method, uri) in [
+            ("GET", "/admin/dlq"),
+            ("GET", "/admin/dlq/1"),
+            ("POST", "/admin/dlq/1/replay"),
+            ("POST", "/admin/dlq/replay"),
+            ("DELETE", "/admin/dlq/1"),
+            ("DELETE", "/admin/dlq?confirm=true"),
+        ] {
+            let (status, body, _) = call(&g, method, uri, Some(TOKEN)).await;
+            assert_eq!(
+                status,
+                StatusCode::NOT_IMPLEMENTED,
+                "{method} {uri}: {body}"
+            );
+            assert_eq!(body["error"], "not_supported");
+        }
+
+        // Redis that is not there: the queue is unavailable, retry later.
+        #[cfg(feature = "redis")]
+        {
+            let redis: Arc<dyn QueueBackend> = Arc::new(
+                openhqm_core::queue::redis::RedisBackend::new(
+                    "redis://127.0.0.1:1",
+                    "g",
+                    None,
+                    1024,
+                )
+                .unwrap(),
+            );
+            let requests = redis.open("requests").await.unwrap();
+            let h = Fixture {
+                state: Arc::new(AppState::new(
+                    f.state.config.clone(),
+                    redis,
+                    requests,
+                    f.store.clone(),
+                )),
+                store: f.store.clone(),
+                _dir: tempfile::tempdir().unwrap(),
+            };
+            let (status, body, headers) = call(&h, "GET", "/admin/dlq", Some(TOKEN)).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+            assert_eq!(body["error"], "queue_unavailable");
+            assert_eq!(headers["retry-after"], "1");
+            assert!(
+                !body["detail"].as_str().unwrap().contains("127.0.0.1"),
+                "no broker address in the answer"
+            );
+        }
+    }
 }
