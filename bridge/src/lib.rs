@@ -1,7 +1,9 @@
 //! `openhqm-bridge` as a library: accepts requests (from the filter or the public API),
 //! makes them durable on the queue, and serves their status and results.
 
+mod admin;
 mod api;
+mod cli;
 mod error;
 mod idempotency;
 mod metrics;
@@ -10,7 +12,7 @@ mod prefer;
 use axum::routing::{get, post};
 use axum::Router;
 use openhqm_core::config::Config;
-use openhqm_core::queue::Queue;
+use openhqm_core::queue::{Queue, QueueBackend, QueueError};
 use openhqm_core::startup::{open_queue_or_exit, spawn_purge_expired};
 use openhqm_core::store::ResultStore;
 use std::sync::Arc;
@@ -22,11 +24,43 @@ pub struct AppState {
     pub store: Arc<dyn ResultStore>,
     pub ttl: Duration,
     pub metrics: Arc<metrics::Metrics>,
+    backend: Arc<dyn QueueBackend>,
+    /// The dead-letter queue, opened on the first admin call that needs it.
+    dlq: tokio::sync::OnceCell<Arc<dyn Queue>>,
+}
+
+impl AppState {
+    pub fn new(
+        config: Config,
+        backend: Arc<dyn QueueBackend>,
+        requests: Arc<dyn Queue>,
+        store: Arc<dyn ResultStore>,
+    ) -> AppState {
+        AppState {
+            ttl: Duration::from_secs(config.cache.ttl_seconds),
+            config,
+            requests,
+            store,
+            metrics: Arc::new(metrics::Metrics::new()),
+            backend,
+            dlq: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The dead-letter queue (`queue.dlq_name`); a failed open is tried
+    /// again on the next call.
+    pub async fn dlq(&self) -> Result<Arc<dyn Queue>, QueueError> {
+        self.dlq
+            .get_or_try_init(|| self.backend.open(&self.config.queue.dlq_name))
+            .await
+            .cloned()
+    }
 }
 
 fn router(state: Arc<AppState>) -> Router {
     let metrics = state.metrics.clone();
     Router::new()
+        .merge(admin::routes(state.clone()))
         .route("/api/v1/submit", post(api::submit))
         .route("/api/v1/status/{id}", get(api::status))
         .route("/api/v1/response/{id}", get(api::response))
@@ -54,7 +88,18 @@ fn fail(msg: impl std::fmt::Display) -> ! {
 /// environment); what the `openhqm-bridge` binary does. Call it from your
 /// own `main` after registering custom backends (`openhqm_core::registry`).
 pub fn main() {
-    openhqm_core::startup::run_program(PROGRAM, run);
+    openhqm_core::startup::run_program_with_commands(
+        PROGRAM,
+        &["dlq"],
+        cli::HELP,
+        |config, command| async move {
+            if command.is_empty() {
+                run(config).await
+            } else {
+                std::process::exit(cli::run(config, &command[1..]).await)
+            }
+        },
+    );
 }
 
 async fn run(config: openhqm_core::config::Config) {
@@ -73,19 +118,16 @@ async fn run(config: openhqm_core::config::Config) {
             ))
         });
 
-    let state = Arc::new(AppState {
-        ttl: Duration::from_secs(config.cache.ttl_seconds),
-        config,
-        requests,
-        store: store.clone(),
-        metrics: Arc::new(metrics::Metrics::new()),
-    });
+    let state = Arc::new(AppState::new(config, backend, requests, store.clone()));
     spawn_purge_expired(store);
     tracing::info!(%addr, queue = state.requests.name(), "openhqm-bridge listening");
     let served = axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(openhqm_core::shutdown::signal())
         .await;
     let _ = state.requests.close().await;
+    if let Some(dlq) = state.dlq.get() {
+        let _ = dlq.close().await;
+    }
     if let Err(e) = served {
         fail(format!("server error: {e}"));
     }

@@ -68,6 +68,9 @@ pub struct ServerConfig {
     pub retry_after_seconds: u64,
     /// Longest RFC 7240 `Prefer: wait=N` the bridge honours (long-poll).
     pub max_wait_seconds: u64,
+    /// Bearer token for the bridge's `/admin` API (dead-letter tooling).
+    /// Unset: the admin API is off (every `/admin` route answers 404).
+    pub admin_token: Option<String>,
     /// Accepted for compatibility with the original's manifests; unused.
     pub workers: Option<u32>,
     /// Accepted for compatibility with the original's manifests; unused.
@@ -82,6 +85,7 @@ impl Default for ServerConfig {
             max_body_bytes: 10 * 1024 * 1024,
             retry_after_seconds: 1,
             max_wait_seconds: 30,
+            admin_token: None,
             workers: None,
             reload: None,
         }
@@ -796,6 +800,17 @@ impl Config {
             return Err(ConfigError::new(
                 "queue.max_message_bytes",
                 "must be greater than 0",
+            ));
+        }
+        if self
+            .server
+            .admin_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err(ConfigError::new(
+                "server.admin_token",
+                "must not be empty (leave it unset to turn the admin API off)",
             ));
         }
         if self.server.max_body_bytes == 0 {
@@ -1534,5 +1549,24 @@ mod tests {
             e.to_string(),
             "invalid configuration: `queue.type`: unknown variant"
         );
+    }
+
+    #[test]
+    fn admin_token_is_off_by_default_and_never_empty() {
+        let c = Config::from_sources(None, &[]).unwrap();
+        assert_eq!(c.server.admin_token, None);
+        let c = Config::from_sources(
+            Some("server:\n  admin_token: ${ADMIN}\n"),
+            &env(&[("ADMIN", "s3cret")]),
+        )
+        .unwrap();
+        assert_eq!(c.server.admin_token.as_deref(), Some("s3cret"));
+        // A numeric-looking token from the environment stays a string.
+        let c =
+            Config::from_sources(None, &env(&[("OPENHQM_SERVER__ADMIN_TOKEN", "12345")])).unwrap();
+        assert_eq!(c.server.admin_token.as_deref(), Some("12345"));
+        let err =
+            Config::from_sources(None, &env(&[("OPENHQM_SERVER__ADMIN_TOKEN", " ")])).unwrap_err();
+        assert_eq!(err.key, "server.admin_token");
     }
 }

@@ -14,7 +14,7 @@
 use crate::model::{RequestRecord, Status, StoredResponse};
 use crate::queue::{
     dead_letter, dlq_attr, Capabilities, Delivery, Message, Queue, QueueBackend, QueueError,
-    Support,
+    Stored, Support,
 };
 use crate::store::{IdempotencyClaim, PutOutcome, ResultStore};
 use std::future::Future;
@@ -438,6 +438,164 @@ pub async fn close_is_clean_and_loses_nothing(factory: &QueueFactory, opts: &Opt
     q.close().await.expect("close");
 }
 
+/// Browse the queue, failing the case when a backend whose capabilities say
+/// it browses answers `Unsupported` anyway.
+async fn browse(q: &dyn Queue, after: Option<&str>, limit: usize) -> Vec<Stored> {
+    q.browse(after, limit)
+        .await
+        .unwrap_or_else(|e| panic!("capabilities().browse is available, but browse failed: {e}"))
+}
+
+fn ids(stored: &[Stored]) -> Vec<&str> {
+    stored.iter().map(|s| s.message.id.as_str()).collect()
+}
+
+/// `browse` lists what is in the queue, oldest first and intact, without
+/// receiving it: every message is still delivered afterwards.
+pub async fn browse_lists_without_consuming(factory: &QueueFactory, opts: &Options) {
+    let name = unique("browse");
+    let (_c, q) = consumer(factory, "browse-consumer", &name, opts).await;
+    if !skip_unless(caps(q.as_ref()).browse, "browse") {
+        return;
+    }
+    assert!(
+        browse(q.as_ref(), None, 10).await.is_empty(),
+        "a new queue is empty"
+    );
+    let binary: Vec<u8> = (0..=255u8).collect();
+    let sent = [
+        message("m1", b"first"),
+        message("m2", &binary),
+        message("m3", b""),
+    ];
+    for m in &sent {
+        q.publish(m.clone()).await.expect("publish");
+    }
+    let listed = browse(q.as_ref(), None, 10).await;
+    assert_eq!(ids(&listed), vec!["m1", "m2", "m3"], "oldest first");
+    for (got, want) in listed.iter().zip(&sent) {
+        assert_eq!(
+            got.message, *want,
+            "browsed message differs from the published one"
+        );
+        assert!(!got.position.is_empty(), "every message has a position");
+    }
+    // A leased message is still in the queue, and is still listed.
+    let first = receive_one(q.as_ref(), opts).await;
+    assert_eq!(
+        ids(&browse(q.as_ref(), None, 10).await),
+        vec!["m1", "m2", "m3"]
+    );
+    q.ack(&first.receipt).await.expect("ack after browsing");
+    let mut got = vec![first.message.id.clone()];
+    while got.len() < sent.len() {
+        let d = receive_one(q.as_ref(), opts).await;
+        assert_eq!(d.attempt, 1, "browsing is not a delivery");
+        got.push(d.message.id.clone());
+        q.ack(&d.receipt).await.expect("ack");
+    }
+    got.sort();
+    assert_eq!(got, vec!["m1", "m2", "m3"]);
+    assert!(
+        browse(q.as_ref(), None, 10).await.is_empty(),
+        "acked messages are gone from the listing"
+    );
+}
+
+/// `limit` bounds a page, `after` (the last position of a page) starts the
+/// next; the pages together list every message once.
+pub async fn browse_pages(factory: &QueueFactory, opts: &Options) {
+    let name = unique("pages");
+    let (_c, q) = consumer(factory, "pages-consumer", &name, opts).await;
+    if !skip_unless(caps(q.as_ref()).browse, "browse") {
+        return;
+    }
+    for i in 0..5 {
+        q.publish(message(&format!("m{i}"), b"x"))
+            .await
+            .expect("publish");
+    }
+    let mut pages = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = browse(q.as_ref(), after.as_deref(), 2).await;
+        assert!(page.len() <= 2, "a page holds at most `limit` messages");
+        let Some(last) = page.last() else { break };
+        after = Some(last.position.clone());
+        pages.push(ids(&page).into_iter().map(String::from).collect::<Vec<_>>());
+        assert!(pages.len() <= 3, "paging does not end: {pages:?}");
+    }
+    assert_eq!(
+        pages,
+        vec![vec!["m0", "m1"], vec!["m2", "m3"], vec!["m4"]],
+        "pages in order, each message once"
+    );
+    assert!(
+        browse(q.as_ref(), None, 0).await.is_empty(),
+        "limit 0 lists nothing"
+    );
+}
+
+/// `remove` deletes a message for good (it is never delivered), leaves the
+/// others alone, and answers `false` for a position that holds nothing.
+pub async fn remove_deletes(factory: &QueueFactory, opts: &Options) {
+    let name = unique("remove");
+    let (_c, q) = consumer(factory, "remove-consumer", &name, opts).await;
+    if !skip_unless(caps(q.as_ref()).browse, "browse and remove") {
+        return;
+    }
+    for id in ["m1", "m2", "m3"] {
+        q.publish(message(id, b"x")).await.expect("publish");
+    }
+    let listed = browse(q.as_ref(), None, 10).await;
+    assert_eq!(ids(&listed), vec!["m1", "m2", "m3"]);
+    let doomed = listed[1].position.clone();
+    assert!(q.remove(&doomed).await.expect("remove"), "m2 was there");
+    assert!(
+        !q.remove(&doomed).await.expect("remove again"),
+        "a second remove finds nothing"
+    );
+    assert_eq!(ids(&browse(q.as_ref(), None, 10).await), vec!["m1", "m3"]);
+    // A leased message can be removed too; its holder loses the lease.
+    let held = receive_one(q.as_ref(), opts).await;
+    let held_position = browse(q.as_ref(), None, 10)
+        .await
+        .into_iter()
+        .find(|s| s.message.id == held.message.id)
+        .expect("the leased message is listed")
+        .position;
+    assert!(q
+        .remove(&held_position)
+        .await
+        .expect("remove a leased message"));
+    assert!(
+        q.ack(&held.receipt).await.is_err(),
+        "the ack of a removed message does not succeed"
+    );
+    let rest = receive_one(q.as_ref(), opts).await;
+    assert_ne!(rest.message.id, "m2", "a removed message was delivered");
+    assert_ne!(
+        rest.message.id, held.message.id,
+        "a removed message was delivered"
+    );
+    q.ack(&rest.receipt).await.expect("ack");
+    assert_nothing_for(
+        q.as_ref(),
+        opts.lease * 2,
+        opts,
+        "a removed message came back",
+    )
+    .await;
+    for unknown in ["999999999-0", "999999999", "not a position", ""] {
+        assert!(
+            !q.remove(unknown)
+                .await
+                .expect("remove of an unknown position"),
+            "`{unknown}` removed something"
+        );
+    }
+}
+
 fn record(id: &str, status: Status) -> RequestRecord {
     let mut r = RequestRecord::pending(id, "2026-11-22T00:00:00.000Z");
     r.status = status;
@@ -640,7 +798,10 @@ macro_rules! queue_conformance_tests {
             dead_letter_after_n_attempts_keeps_message_and_error,
             depth_reports_pending_work,
             bodies_are_binary_safe_up_to_the_limit,
-            close_is_clean_and_loses_nothing
+            close_is_clean_and_loses_nothing,
+            browse_lists_without_consuming,
+            browse_pages,
+            remove_deletes
         );
     };
     (@cases $guard:expr, $factory:expr, $options:expr; $($case:ident),*) => {

@@ -4,6 +4,7 @@
 pub mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod dlq;
 pub mod envelope;
 pub mod model;
 pub mod queue;
@@ -108,34 +109,124 @@ pub fn built_in_queue_types() -> Vec<&'static str> {
     v
 }
 
+/// A program's command line, as [`parse_args`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Args {
+    /// Run: the config file (`--config`, else none here) and, when the
+    /// program has subcommands and one was named, that subcommand and its
+    /// own arguments (`["dlq", "list", "--json"]`); empty to run the server.
+    Run {
+        config: Option<std::path::PathBuf>,
+        command: Vec<String>,
+    },
+    Help,
+    Version,
+}
+
+/// Read a command line (without the program name). `--config FILE` may
+/// appear anywhere, also after a subcommand; everything else after the
+/// first word naming one of `commands` belongs to that subcommand.
+pub fn parse_args(args: &[String], commands: &[&str]) -> Result<Args, String> {
+    let mut config = None;
+    let mut command = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--config" | "-c" => match it.next() {
+                Some(p) => config = Some(p.into()),
+                None => return Err("--config needs a file path".into()),
+            },
+            _ if !command.is_empty() => command.push(arg.clone()),
+            "--help" | "-h" => return Ok(Args::Help),
+            "--version" | "-V" => return Ok(Args::Version),
+            word if commands.contains(&word) => command.push(arg.clone()),
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    Ok(Args::Run { config, command })
+}
+
 /// Read `--config PATH` (or `OPENHQM_CONFIG`) and the environment; on error
 /// print what is wrong and exit 2 before anything binds a port.
 pub fn load_config_or_exit(program: &str) -> Config {
-    let mut args = std::env::args().skip(1);
-    let mut path = std::env::var_os(config::CONFIG_FILE_ENV).map(std::path::PathBuf::from);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--config" | "-c" => match args.next() {
-                Some(p) => path = Some(p.into()),
-                None => exit_usage(program, "--config needs a file path"),
-            },
-            "--help" | "-h" => {
-                println!("usage: {program} [--config FILE]\n\nConfiguration: FILE (or $OPENHQM_CONFIG) plus OPENHQM_<SECTION>__<KEY> environment overrides; see README.md.");
-                std::process::exit(0);
-            }
-            "--version" | "-V" => {
-                println!("{program} {}", env!("CARGO_PKG_VERSION"));
-                std::process::exit(0);
-            }
-            other => exit_usage(program, &format!("unknown argument `{other}`")),
+    load_program_or_exit(program, &[], "").0
+}
+
+/// [`load_config_or_exit`] for a program with subcommands: also returns the
+/// subcommand named on the command line (empty when none). `help` is added
+/// to the `--help` text.
+pub fn load_program_or_exit(program: &str, commands: &[&str], help: &str) -> (Config, Vec<String>) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (path, command) = match parse_args(&args, commands) {
+        Ok(Args::Run { config, command }) => (
+            config.or_else(|| std::env::var_os(config::CONFIG_FILE_ENV).map(Into::into)),
+            command,
+        ),
+        Ok(Args::Help) => {
+            println!("usage: {program} [--config FILE]\n\nConfiguration: FILE (or $OPENHQM_CONFIG) plus OPENHQM_<SECTION>__<KEY> environment overrides; see README.md.{help}");
+            std::process::exit(0);
         }
-    }
+        Ok(Args::Version) => {
+            println!("{program} {}", env!("CARGO_PKG_VERSION"));
+            std::process::exit(0);
+        }
+        Err(msg) => exit_usage(program, &msg),
+    };
     match Config::load(path.as_deref()) {
-        Ok(c) => c,
+        Ok(c) => (c, command),
         Err(e) => startup::fail(program, e),
     }
 }
 
 fn exit_usage(program: &str, msg: &str) -> ! {
     startup::fail(program, format!("{msg}\nusage: {program} [--config FILE]"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, String> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        parse_args(&args, &["dlq"])
+    }
+
+    #[test]
+    fn args_without_and_with_a_subcommand() {
+        assert_eq!(
+            parse(&[]),
+            Ok(Args::Run {
+                config: None,
+                command: vec![]
+            })
+        );
+        assert_eq!(
+            parse(&["-c", "a.yaml"]),
+            Ok(Args::Run {
+                config: Some("a.yaml".into()),
+                command: vec![]
+            })
+        );
+        assert_eq!(
+            parse(&["dlq", "list", "--config", "b.yaml", "--json", "--help"]),
+            Ok(Args::Run {
+                config: Some("b.yaml".into()),
+                command: vec![
+                    "dlq".into(),
+                    "list".into(),
+                    "--json".into(),
+                    "--help".into()
+                ]
+            }),
+            "--config anywhere; --help after the subcommand is the subcommand's"
+        );
+        assert_eq!(parse(&["--help", "dlq"]), Ok(Args::Help));
+        assert_eq!(parse(&["-V"]), Ok(Args::Version));
+        assert!(parse(&["list"]).unwrap_err().contains("`list`"));
+        assert!(parse(&["dlq", "--config"]).is_err());
+        assert!(
+            parse_args(&["dlq".to_string()], &[]).is_err(),
+            "no subcommands"
+        );
+    }
 }

@@ -23,13 +23,27 @@ where
     F: FnOnce(Config) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let config = crate::load_config_or_exit(program);
-    crate::telemetry::init_logging(&config.monitoring);
+    run_program_with_commands(program, &[], "", |config, _| body(config));
+}
+
+/// [`run_program`] for a program with subcommands (`commands`, described
+/// by `help` in `--help`): `body` also gets the subcommand and its
+/// arguments, empty when none was named. Logging is set up only to run the
+/// server: a subcommand's output is its own.
+pub fn run_program_with_commands<F, Fut>(program: &str, commands: &[&str], help: &str, body: F)
+where
+    F: FnOnce(Config, Vec<String>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let (config, command) = crate::load_program_or_exit(program, commands, help);
+    if command.is_empty() {
+        crate::telemetry::init_logging(&config.monitoring);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap_or_else(|e| fail(program, format!("cannot start the async runtime: {e}")));
-    runtime.block_on(body(config));
+    runtime.block_on(body(config, command));
 }
 
 /// Open a named queue or stop the program, naming the queue.

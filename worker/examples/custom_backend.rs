@@ -15,7 +15,7 @@
 
 use async_trait::async_trait;
 use openhqm_core::queue::{
-    Capabilities, Delivery, Depth, Message, Queue, QueueBackend, QueueError, Receipt,
+    Capabilities, Delivery, Depth, Message, Queue, QueueBackend, QueueError, Receipt, Support,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -95,7 +95,12 @@ impl Queue for MemoryQueue {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::default()
+        Capabilities {
+            // `browse`/`remove` (dead-letter tooling) are left to their
+            // defaults, which answer Unsupported: say so.
+            browse: Support::Unsupported("the example backend does not implement browse"),
+            ..Capabilities::default()
+        }
     }
 
     async fn publish(&self, message: Message) -> Result<(), QueueError> {

@@ -8,7 +8,7 @@
 //! ends. Ack, nack and extension only act while the token still matches, so a
 //! consumer whose lease ended cannot ack a message another consumer now holds.
 
-use super::{Delivery, Depth, Message, Queue, QueueBackend, QueueError, Receipt};
+use super::{Delivery, Depth, Message, Queue, QueueBackend, QueueError, Receipt, Stored};
 use crate::sqlite::SharedDb;
 use crate::time::now_ms;
 use async_trait::async_trait;
@@ -307,9 +307,70 @@ impl Queue for EmbeddedQueue {
             .map_err(unavailable)
     }
 
+    async fn browse(&self, after: Option<&str>, limit: usize) -> Result<Vec<Stored>, QueueError> {
+        // Positions are row numbers: rows keep theirs across nacks, so a page
+        // boundary never skips or repeats a message.
+        let after = match after {
+            None => 0,
+            Some(p) => parse_position(p).ok_or_else(|| {
+                QueueError::Invalid(format!("`{p}` is not a position in this queue"))
+            })?,
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let queue = self.name.clone();
+        self.db
+            .call(move |conn| {
+                let mut select = conn.prepare_cached(
+                    "SELECT seq, id, body, attributes, msg_key FROM messages
+                     WHERE queue = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                )?;
+                let rows = select.query_map(params![queue, after, limit], |r| {
+                    Ok(Stored {
+                        position: r.get::<_, i64>(0)?.to_string(),
+                        message: Message {
+                            id: r.get(1)?,
+                            body: r.get(2)?,
+                            attributes: serde_json::from_str(&r.get::<_, String>(3)?)
+                                .unwrap_or_default(),
+                            key: r.get(4)?,
+                        },
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn remove(&self, position: &str) -> Result<bool, QueueError> {
+        let Some(seq) = parse_position(position) else {
+            return Ok(false);
+        };
+        let queue = self.name.clone();
+        let changed = self
+            .db
+            .call(move |conn| {
+                conn.execute(
+                    "DELETE FROM messages WHERE queue = ?1 AND seq = ?2",
+                    params![queue, seq],
+                )
+            })
+            .await
+            .map_err(unavailable)?;
+        Ok(changed > 0)
+    }
+
     async fn close(&self) -> Result<(), QueueError> {
         Ok(())
     }
+}
+
+/// Positions are the row's `seq`, written in decimal.
+fn parse_position(p: &str) -> Option<i64> {
+    if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    p.parse().ok()
 }
 
 #[cfg(test)]

@@ -30,6 +30,17 @@ pub struct Message {
     pub key: Option<String>,
 }
 
+/// A message as it sits in a queue, seen without receiving it (see
+/// [`Queue::browse`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The backend's stable token for this message (an SQLite row number, a
+    /// stream entry id, ...): pass it to [`Queue::remove`], or as `after` to
+    /// read the next page.
+    pub position: String,
+    pub message: Message,
+}
+
 /// A backend's handle for one delivery; ack, nack and lease extension use it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Receipt(pub String);
@@ -119,6 +130,9 @@ pub struct Capabilities {
     /// A message held by a consumer that died is delivered to *another*
     /// consumer (not only to the same consumer identity when it returns).
     pub redelivery_to_other_consumer: Support,
+    /// `browse` lists and `remove` deletes messages without receiving them
+    /// (dead-letter tooling).
+    pub browse: Support,
 }
 
 impl Default for Capabilities {
@@ -128,6 +142,7 @@ impl Default for Capabilities {
             lease_extension: Support::Native,
             depth: Support::Native,
             redelivery_to_other_consumer: Support::Native,
+            browse: Support::Native,
         }
     }
 }
@@ -179,6 +194,21 @@ pub trait Queue: Send + Sync {
     /// persistent session for the queue.
     async fn retain_unconsumed(&self) -> Result<(), QueueError> {
         Ok(())
+    }
+
+    /// Up to `limit` messages currently in the queue (waiting or leased),
+    /// oldest first, without receiving, leasing or otherwise changing them.
+    /// `after` is the position of the last message of the previous page.
+    async fn browse(&self, after: Option<&str>, limit: usize) -> Result<Vec<Stored>, QueueError> {
+        let _ = (after, limit);
+        Err(QueueError::Unsupported("browsing a queue"))
+    }
+
+    /// Delete the message at `position` for good, leased or not; `Ok(false)`
+    /// when there is none (already removed, acked, or never there).
+    async fn remove(&self, position: &str) -> Result<bool, QueueError> {
+        let _ = position;
+        Err(QueueError::Unsupported("removing a message by position"))
     }
 
     /// Release connections; pending operations finish first.

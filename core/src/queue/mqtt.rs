@@ -1046,6 +1046,11 @@ impl Queue for MqttQueue {
                  redelivers them only when the same client id reconnects; give workers stable \
                  client ids (StatefulSet pod names)",
             ),
+            browse: Support::Unsupported(
+                "MQTT has no way to read a queue without consuming it: a subscriber takes \
+                 messages, it cannot look at them and leave them; drain the DLQ topic with a \
+                 subscriber instead",
+            ),
         }
     }
 

@@ -17,6 +17,9 @@
 //!   stale consumer never acks a message another consumer (or a later
 //!   delivery to itself) now holds.
 //! - Ack is XACK + XDEL, so XLEN stays backlog + in-flight.
+//! - `browse` is XRANGE (exclusive start `(id` for the next page), which
+//!   leaves the group alone; `remove` is XACK + XDEL in one script, for the
+//!   same invariant.
 //! - `nack(delay)` moves the entry into the sorted set `<stream>:delayed`
 //!   scored by its due time (Redis' clock); `receive` moves due members back
 //!   into the stream in one script, so the move never loses or duplicates.
@@ -25,7 +28,8 @@
 //! on the shared multiplexed connection would hold up every other command.
 
 use super::{
-    Capabilities, Delivery, Depth, Message, Queue, QueueBackend, QueueError, Receipt, Support,
+    Capabilities, Delivery, Depth, Message, Queue, QueueBackend, QueueError, Receipt, Stored,
+    Support,
 };
 use crate::config::QueueConfig;
 use async_trait::async_trait;
@@ -211,7 +215,16 @@ redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 return 1
 "#;
 
+/// KEYS: stream. ARGV: group, entry id. Deletes the entry and drops it
+/// from the group's pending list, so XLEN stays backlog + in-flight and no
+/// consumer keeps a lease on a message that is gone. Returns XDEL's count.
+const REMOVE_LUA: &str = r#"
+redis.pcall('XACK', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('XDEL', KEYS[1], ARGV[2])
+"#;
+
 struct Scripts {
+    remove: Script,
     ack: Script,
     extend: Script,
     nack: Script,
@@ -223,6 +236,7 @@ struct Scripts {
 impl Scripts {
     fn new() -> Scripts {
         Scripts {
+            remove: Script::new(REMOVE_LUA),
             ack: Script::new(ACK_LUA),
             extend: Script::new(EXTEND_LUA),
             nack: Script::new(NACK_LUA),
@@ -767,6 +781,32 @@ fn field_pairs(v: &Value) -> Vec<(Vec<u8>, Vec<u8>)> {
     }
 }
 
+/// Whether `id` is a stream entry id (`<ms>-<seq>`), so it can go to XRANGE
+/// and XDEL without a syntax error.
+fn is_entry_id(id: &str) -> bool {
+    let Some((ms, seq)) = id.split_once('-') else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    digits(ms) && digits(seq) && ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok()
+}
+
+/// XRANGE's reply: `[[id, fields]...]`.
+fn parse_entries(reply: &Value) -> Vec<Entry> {
+    items(reply)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|entry| {
+            let parts = items(entry)?;
+            Some(Entry {
+                id: parts.first().and_then(text)?,
+                deliveries: 1,
+                fields: parts.get(1).map(field_pairs).unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
 /// XREADGROUP's reply: nil, `[[stream, entries]]` (RESP2) or
 /// `{stream: entries}` (RESP3). Entries read with `>` are first deliveries.
 fn parse_read_reply(reply: &Value) -> Vec<Entry> {
@@ -807,6 +847,7 @@ impl Queue for RedisQueue {
             lease_extension: Support::Native,
             depth: Support::Native,
             redelivery_to_other_consumer: Support::Native,
+            browse: Support::Native,
         }
     }
 
@@ -932,6 +973,63 @@ impl Queue for RedisQueue {
         })
     }
 
+    async fn browse(&self, after: Option<&str>, limit: usize) -> Result<Vec<Stored>, QueueError> {
+        let start = match after {
+            None => "-".to_string(),
+            Some(id) if is_entry_id(id) => format!("({id}"),
+            Some(other) => {
+                return Err(QueueError::Invalid(format!(
+                    "`{other}` is not a position in this queue (a stream entry id)"
+                )))
+            }
+        };
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let count = limit.min(MAX_BATCH);
+        let con = self.commands().await?;
+        // XRANGE reads without touching the consumer group: nothing is
+        // delivered or leased. Delayed retries (in `<stream>:delayed`) are
+        // not in the stream until they are due, so they are not listed.
+        let reply: Value = call(&con, COMMAND_TIMEOUT, |mut con| {
+            let mut xrange = redis::cmd("XRANGE");
+            xrange
+                .arg(&self.name)
+                .arg(&start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(count);
+            async move { xrange.query_async(&mut con).await }
+        })
+        .await
+        .map_err(unavailable)?;
+        Ok(parse_entries(&reply)
+            .into_iter()
+            .map(|entry| {
+                let position = entry.id.clone();
+                Stored {
+                    position,
+                    message: self.to_delivery(entry).message,
+                }
+            })
+            .collect())
+    }
+
+    async fn remove(&self, position: &str) -> Result<bool, QueueError> {
+        if !is_entry_id(position) {
+            return Ok(false);
+        }
+        let con = self.commands().await?;
+        let deleted: i64 = call(&con, COMMAND_TIMEOUT, |mut con| {
+            let mut invocation = self.shared.scripts.remove.key(&self.name);
+            invocation.arg(&self.shared.group).arg(position);
+            async move { invocation.invoke_async(&mut con).await }
+        })
+        .await
+        .map_err(unavailable)?;
+        Ok(deleted > 0)
+    }
+
     async fn close(&self) -> Result<(), QueueError> {
         // Waits for a blocked read to finish, then drops that connection.
         self.blocking.lock().await.take();
@@ -994,6 +1092,27 @@ mod tests {
             assert_eq!(got[0].fields, vec![(b"body".to_vec(), vec![0, 255])]);
         }
         assert!(parse_read_reply(&Value::Nil).is_empty());
+    }
+
+    #[test]
+    fn entry_ids_are_checked_before_they_reach_redis() {
+        for good in ["0-0", "1700000000000-0", "1-18446744073709551615"] {
+            assert!(is_entry_id(good), "{good}");
+        }
+        for bad in [
+            "",
+            "-",
+            "1-",
+            "-1",
+            "1",
+            "1-x",
+            "a-1",
+            "1-0-0",
+            "1-18446744073709551616",
+            "(1-0",
+        ] {
+            assert!(!is_entry_id(bad), "{bad}");
+        }
     }
 
     #[test]
