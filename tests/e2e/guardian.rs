@@ -629,3 +629,104 @@ async fn foreign_messages_on_redis_are_forwarded_to_the_endpoint() {
         &format!("foreign-{run}-dlq"),
     ]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_past_its_deadline_is_timeout_and_never_sent() {
+    let mut stack = Stack::new("deadline");
+    stack.start_app(0).await;
+    stack.start_bridge().await;
+    // No worker yet: the message waits in the queue past its deadline.
+    let late = submit(
+        &stack,
+        json!({"payload": {"n": 1}, "metadata": {"endpoint": "orders", "timeout": 1}}),
+        &[],
+    )
+    .await;
+    let in_time = submit(
+        &stack,
+        json!({"payload": {"n": 2}, "metadata": {"endpoint": "orders", "timeout": 60}}),
+        &[],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stack.start_worker();
+    let r = await_result(&stack.bridge_url(), &late, Duration::from_secs(30)).await;
+    assert_eq!(r["status"], "TIMEOUT", "{r}");
+    let r = await_result(&stack.bridge_url(), &in_time, Duration::from_secs(30)).await;
+    assert_eq!(r["status"], "COMPLETED", "{r}");
+    let log = app_requests(&stack.app_url()).await;
+    assert_eq!(log.len(), 1, "only the message in time was sent: {log:?}");
+    assert_eq!(log[0]["body"]["n"], 2);
+}
+
+/// Standard Webhooks verification, done by Python's hmac (not our code).
+fn python_signature(secret: &str, id: &str, ts: &str, body: &str) -> String {
+    let script = "import base64,hashlib,hmac,sys\n\
+        key = base64.b64decode(sys.argv[1].removeprefix('whsec_'))\n\
+        msg = f'{sys.argv[2]}.{sys.argv[3]}.{sys.argv[4]}'.encode()\n\
+        print('v1,' + base64.b64encode(hmac.new(key, msg, hashlib.sha256).digest()).decode())";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, secret, id, ts, body])
+        .output()
+        .expect("python3");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn completion_callback_is_signed_per_standard_webhooks() {
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let mut stack = Stack::new("callback");
+    stack.set("OPENHQM_CALLBACKS__ALLOWED_HOSTS", r#"["127.0.0.1"]"#);
+    stack.set("OPENHQM_CALLBACKS__SECRET", SECRET);
+    stack.start_app(0).await;
+    stack.start_bridge().await;
+    stack.start_worker();
+    let hook = format!("{}/echo/hook", stack.app_url());
+    // A host off the allow-list is refused at submit, before anything is queued.
+    let r = client()
+        .post(format!("{}/api/v1/submit", stack.bridge_url()))
+        .json(&json!({"payload": {}, "metadata": {"callback_url": "http://evil.example/x"}}))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(r.status().as_u16(), 400);
+    let body: Value = r.json().await.expect("JSON");
+    assert_eq!(body["error"], "callback_not_allowed");
+
+    let loc = submit(
+        &stack,
+        json!({"payload": {"item": "book"}, "metadata": {"endpoint": "orders", "callback_url": hook}}),
+        &[],
+    )
+    .await;
+    let result = await_result(&stack.bridge_url(), &loc, Duration::from_secs(30)).await;
+    assert_eq!(result["status"], "COMPLETED");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let hook_call = loop {
+        let log = app_requests(&stack.app_url()).await;
+        if let Some(e) = log.iter().find(|e| e["path"] == "/echo/hook") {
+            break e.clone();
+        }
+        assert!(Instant::now() < deadline, "no callback: {log:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let h = |n: &str| hook_call["headers"][n].as_str().unwrap_or("").to_string();
+    let body = hook_call["body_text"].as_str().expect("callback body");
+    assert_eq!(hook_call["method"], "POST");
+    assert_eq!(
+        h("webhook-signature"),
+        python_signature(SECRET, &h("webhook-id"), &h("webhook-timestamp"), body),
+        "signature verifies with an independent implementation"
+    );
+    let payload: Value = serde_json::from_str(body).expect("JSON body");
+    assert_eq!(payload["type"], "request.completed");
+    assert_eq!(payload["data"]["correlation_id"], result["correlation_id"]);
+    assert_eq!(payload["data"]["status"], "COMPLETED");
+    // Exactly one call for the one final outcome.
+    let calls = app_requests(&stack.app_url())
+        .await
+        .iter()
+        .filter(|e| e["path"] == "/echo/hook")
+        .count();
+    assert_eq!(calls, 1);
+}
