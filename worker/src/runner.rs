@@ -296,14 +296,13 @@ impl Worker {
         let keyed = work.partition_key.is_some();
         let mut attempt = delivery.attempt;
         loop {
-            let result = match &plan {
-                Some(plan) => {
-                    let proxy = self.proxy.as_ref().expect("plan implies proxy");
+            let result = match (&plan, &self.proxy) {
+                (Some(plan), Some(proxy)) => {
                     proxy
                         .call(&self.http, &self.config, plan, work, attempt, deadline)
                         .await
                 }
-                None => self.run_processor(work, attempt).await,
+                _ => self.run_processor(work, attempt).await,
             };
             match result {
                 Attempt::Answered(resp) => {
