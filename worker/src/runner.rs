@@ -408,23 +408,13 @@ impl Worker {
     }
 
     async fn run_processor(&self, work: &Work, attempt: u32) -> Attempt {
-        let payload = match work.payload() {
-            Ok(p) => p,
-            Err(e) => {
-                return Attempt::Fail {
-                    error: format!("the processor takes JSON: {e}"),
-                    response: None,
-                }
-            }
-        };
-        let job = Job {
-            correlation_id: work.correlation_id.clone(),
-            attempt,
-            payload,
-            headers: work.headers(),
-            metadata: serde_json::to_value(&work.metadata).unwrap_or_default(),
-        };
-        self.processor.process(&job).await
+        match Job::from_work(work, attempt) {
+            Ok(job) => self.processor.process(&job).await,
+            Err(e) => Attempt::Fail {
+                error: format!("the processor takes JSON: {e}"),
+                response: None,
+            },
+        }
     }
 
     /// Extend the lease while the work goes on, so a slow backend call is not

@@ -132,14 +132,24 @@ impl Work {
         }
     }
 
+    /// Header names lowercased; a captured request's repeated headers
+    /// joined with ", " (RFC 9110 5.3).
     pub fn headers(&self) -> BTreeMap<String, String> {
         match &self.body {
             WorkBody::Api { headers, .. } | WorkBody::Foreign { headers, .. } => headers.clone(),
-            WorkBody::Captured(req) => req
-                .headers
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-                .collect(),
+            WorkBody::Captured(req) => {
+                let mut joined: BTreeMap<String, String> = BTreeMap::new();
+                for (k, v) in &req.headers {
+                    joined
+                        .entry(k.to_ascii_lowercase())
+                        .and_modify(|e| {
+                            e.push_str(", ");
+                            e.push_str(v);
+                        })
+                        .or_insert_with(|| v.clone());
+                }
+                joined
+            }
         }
     }
 

@@ -10,7 +10,7 @@ mod command;
 pub use command::CommandProcessor;
 
 use crate::backend_call::Attempt;
-use openhqm_core::envelope::{Envelope, Source};
+use crate::work::Work;
 use openhqm_core::model::StoredResponse;
 use openhqm_core::time::now_rfc3339;
 use serde::{Deserialize, Serialize};
@@ -45,39 +45,15 @@ pub struct Job {
 }
 
 impl Job {
-    /// The job for one delivery of an envelope; an error (for a permanent
+    /// The job for one attempt at a message; an error (for a permanent
     /// failure) when a captured request's body is not JSON.
-    pub fn from_envelope(env: &Envelope, attempt: u32) -> Result<Job, String> {
-        let (payload, headers) = match env.source {
-            Source::Api => (env.payload.clone().unwrap_or_default(), env.headers.clone()),
-            Source::Filter => {
-                let req = env
-                    .request
-                    .as_ref()
-                    .ok_or("filter message without a request")?;
-                let body = req.body_bytes()?;
-                let payload = serde_json::from_slice(&body).map_err(|_| {
-                    "the processor takes a JSON body; this request's body is not JSON".to_string()
-                })?;
-                let mut headers: BTreeMap<String, String> = BTreeMap::new();
-                for (k, v) in &req.headers {
-                    headers
-                        .entry(k.to_ascii_lowercase())
-                        .and_modify(|e| {
-                            e.push_str(", ");
-                            e.push_str(v);
-                        })
-                        .or_insert_with(|| v.clone());
-                }
-                (payload, headers)
-            }
-        };
+    pub(crate) fn from_work(work: &Work, attempt: u32) -> Result<Job, String> {
         Ok(Job {
-            correlation_id: env.correlation_id.clone(),
+            correlation_id: work.correlation_id.clone(),
             attempt,
-            payload,
-            headers,
-            metadata: serde_json::to_value(&env.metadata).unwrap_or_else(|_| json!({})),
+            payload: work.payload()?,
+            headers: work.headers(),
+            metadata: serde_json::to_value(&work.metadata).unwrap_or_else(|_| json!({})),
         })
     }
 }
@@ -193,7 +169,9 @@ mod tests {
 
     #[test]
     fn jobs_from_envelopes() {
-        use openhqm_core::envelope::{HttpRequest, Metadata, ENVELOPE_VERSION};
+        use openhqm_core::envelope::{Envelope, HttpRequest, Metadata, Source, ENVELOPE_VERSION};
+        let job_of =
+            |env: &Envelope, attempt| Job::from_work(&Work::from_envelope(env.clone()), attempt);
         let api = Envelope {
             version: ENVELOPE_VERSION,
             correlation_id: "67e55044-10b1-426f-9247-bb680e5fe0c8".into(),
@@ -214,7 +192,7 @@ mod tests {
             request: None,
             partition_key: None,
         };
-        let job = Job::from_envelope(&api, 2).unwrap();
+        let job = job_of(&api, 2).unwrap();
         assert_eq!(job.attempt, 2);
         assert_eq!(job.payload, json!({"operation": "echo", "data": 1}));
         assert_eq!(job.headers["x-tenant"], "t1");
@@ -237,7 +215,7 @@ mod tests {
             body,
             body_encoding,
         });
-        let job = Job::from_envelope(&captured, 1).unwrap();
+        let job = job_of(&captured, 1).unwrap();
         assert_eq!(job.payload, json!({"a": [1]}));
         assert_eq!(job.headers["accept"], "a, b");
         assert_eq!(job.metadata, json!({}));
@@ -246,8 +224,6 @@ mod tests {
             r.body = body;
             r.body_encoding = body_encoding;
         }
-        assert!(Job::from_envelope(&captured, 1)
-            .unwrap_err()
-            .contains("not JSON"));
+        assert!(job_of(&captured, 1).unwrap_err().contains("not JSON"));
     }
 }
