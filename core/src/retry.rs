@@ -108,9 +108,7 @@ impl RetryPolicy {
     /// The ceiling of the backoff after attempt `attempt` (1-based):
     /// `min(cap, base * 2^(attempt-1))`.
     pub fn backoff_ceiling(&self, attempt: u32) -> Duration {
-        let exp = attempt.saturating_sub(1).min(30);
-        let ceiling = self.base.saturating_mul(1u32 << exp);
-        ceiling.min(self.cap)
+        backoff_ceiling(self.base, self.cap, attempt)
     }
 
     /// The delay before the next attempt: full jitter over the ceiling, or
@@ -124,10 +122,26 @@ impl RetryPolicy {
         if let Some(ra) = retry_after {
             return ra.min(self.retry_after_max);
         }
-        let ceiling = self.backoff_ceiling(attempt);
-        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(rng.u64(0..=nanos))
+        full_jitter(self.base, self.cap, attempt, rng)
     }
+}
+
+/// Exponential backoff with full jitter: a uniform delay up to
+/// `min(cap, base * 2^(attempt-1))` (attempt is 1-based).
+pub fn full_jitter(
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+    rng: &mut fastrand::Rng,
+) -> Duration {
+    let ceiling = backoff_ceiling(base, cap, attempt);
+    let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(rng.u64(0..=nanos))
+}
+
+fn backoff_ceiling(base: Duration, cap: Duration, attempt: u32) -> Duration {
+    let exp = attempt.saturating_sub(1).min(30);
+    base.saturating_mul(1u32 << exp).min(cap)
 }
 
 /// Parse an HTTP `Retry-After` value given in seconds. (HTTP-dates are

@@ -11,6 +11,7 @@
 use hmac::{Hmac, Mac};
 use openhqm_core::config::CallbacksConfig;
 use openhqm_core::model::{encode_base64, result_json, RequestRecord, Status};
+use openhqm_core::retry::full_jitter;
 use openhqm_core::time::now_rfc3339;
 use sha2::Sha256;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -150,10 +151,13 @@ impl CallbackSender {
 
     /// Full-jitter backoff before retry `n` (1 = the first retry).
     fn delay(&self, n: u32, rng: &mut fastrand::Rng) -> Duration {
-        let cap = self.cfg.retry_delay_max;
-        let exp = self.cfg.retry_delay_base * 2f64.powi(n.saturating_sub(1).min(30) as i32);
-        let ceiling = exp.min(cap).max(0.0);
-        Duration::from_secs_f64(ceiling * rng.f64())
+        let secs = |v: f64| Duration::try_from_secs_f64(v.max(0.0)).unwrap_or(Duration::MAX);
+        full_jitter(
+            secs(self.cfg.retry_delay_base),
+            secs(self.cfg.retry_delay_max),
+            n,
+            rng,
+        )
     }
 }
 
