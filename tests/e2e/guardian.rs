@@ -161,14 +161,7 @@ async fn backend_down_for_20s_opens_and_closes_the_breaker_and_loses_nothing() {
     let app_proc = stack.start_app(10).await;
     stack.start_bridge().await;
     stack.start_worker();
-    wait_ready(
-        &format!(
-            "http://127.0.0.1:{}/health/ready",
-            stack.worker_admin_ports[0]
-        ),
-        Duration::from_secs(20),
-    )
-    .await;
+    stack.wait_worker_ready(0).await;
 
     stack.proc(app_proc).kill();
     let down_at = Instant::now();
@@ -579,14 +572,7 @@ async fn foreign_messages_on_redis_are_forwarded_to_the_endpoint() {
     stack.set("OPENHQM_PROXY__DEFAULT_ENDPOINT", "ingest");
     stack.start_app(0).await;
     stack.start_worker();
-    wait_ready(
-        &format!(
-            "http://127.0.0.1:{}/health/ready",
-            stack.worker_admin_ports[0]
-        ),
-        Duration::from_secs(20),
-    )
-    .await;
+    stack.wait_worker_ready(0).await;
     // Another system's producer: plain fields, no OpenHQM envelope.
     redis_cli(&["XADD", &stream, "*", "order_id", "7", "kind", "widget"]);
     // One that uses the body/key/attributes fields.

@@ -326,6 +326,19 @@ impl Stack {
         self.keep(p)
     }
 
+    /// Wait until a worker (by start order) answers `/health/ready`: its
+    /// queue is reachable and it is consuming.
+    pub async fn wait_worker_ready(&self, n: usize) {
+        wait_ready(
+            &format!(
+                "http://127.0.0.1:{}/health/ready",
+                self.worker_admin_ports[n]
+            ),
+            Duration::from_secs(20),
+        )
+        .await;
+    }
+
     /// A worker's Prometheus text (by start order), or "" while it is down.
     pub async fn worker_metrics(&self, n: usize) -> String {
         let url = format!("http://127.0.0.1:{}/metrics", self.worker_admin_ports[n]);

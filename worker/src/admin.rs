@@ -181,10 +181,12 @@ async fn metrics_text(State(state): State<Arc<AdminState>>) -> Response {
     if let Ok(Ok(d)) = tokio::time::timeout(Duration::from_secs(2), state.queue.depth()).await {
         let q = state.queue.name();
         let depth = &state.metrics.queue_depth;
-        depth.with_label_values(&[q, "ready"]).set(d.ready as i64);
+        depth
+            .with_label_values(&[q, "ready"])
+            .set(i64::try_from(d.ready).unwrap_or(i64::MAX));
         depth
             .with_label_values(&[q, "in_flight"])
-            .set(d.in_flight as i64);
+            .set(i64::try_from(d.in_flight).unwrap_or(i64::MAX));
     }
     (
         [("content-type", "text/plain; version=0.0.4")],

@@ -10,6 +10,7 @@ use crate::routing::{RouteError, Routed, RoutingTable};
 use crate::work::{Work, WorkBody};
 use openhqm_core::config::{Config, EndpointConfig};
 use openhqm_core::retry::RetryPolicy;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +36,8 @@ pub struct Plan<'a> {
     pub name: &'a str,
     endpoint: &'a Endpoint,
     pub routed: Option<Routed>,
-    pub policy: RetryPolicy,
+    /// The endpoint's policy, or a copy with the route's `max_retries`.
+    pub policy: Cow<'a, RetryPolicy>,
 }
 
 impl Proxy {
@@ -132,10 +134,10 @@ impl Proxy {
             .ok_or_else(|| {
                 format!("the message names endpoint `{name}`, which is not configured")
             })?;
-        let mut policy = endpoint.policy.clone();
-        if let Some(n) = routed.as_ref().and_then(|r: &Routed| r.max_retries) {
-            policy = policy.with_max_retries(n);
-        }
+        let policy = match routed.as_ref().and_then(|r: &Routed| r.max_retries) {
+            Some(n) => Cow::Owned(endpoint.policy.with_max_retries(n)),
+            None => Cow::Borrowed(&endpoint.policy),
+        };
         Ok(Plan {
             name,
             endpoint,

@@ -201,7 +201,7 @@ impl Worker {
     async fn handle(&self, delivery: Delivery, ticket: Option<Ticket>) {
         let started = Instant::now();
         self.metrics.active.inc();
-        let outcome = self.handle_inner(&delivery, ticket).await;
+        let outcome = self.handle_inner(&delivery, ticket, started).await;
         self.metrics.active.dec();
         self.metrics
             .processing_duration
@@ -212,8 +212,12 @@ impl Worker {
 
     /// Work one delivery through to a settled message; returns the outcome
     /// label for metrics.
-    async fn handle_inner(&self, delivery: &Delivery, ticket: Option<Ticket>) -> &'static str {
-        let started = Instant::now();
+    async fn handle_inner(
+        &self,
+        delivery: &Delivery,
+        ticket: Option<Ticket>,
+        started: Instant,
+    ) -> &'static str {
         let work = match Work::from_message(
             &delivery.message,
             self.config.worker.message_format,
