@@ -12,18 +12,21 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use openhqm_core::config::CallbacksConfig;
 use openhqm_core::envelope::{
-    parse_capture_frame, Envelope, HttpRequest, Metadata, Source, CAPTURE_CONTENT_TYPE,
-    ENVELOPE_VERSION, FINAL_RESULT_HEADER,
+    parse_capture_frame, CaptureMeta, Envelope, HttpRequest, Metadata, Source,
+    CAPTURE_CONTENT_TYPE, ENVELOPE_VERSION, FINAL_RESULT_HEADER,
 };
 use openhqm_core::model::{is_valid_correlation_id, result_json, RequestRecord, Status};
 use openhqm_core::queue::{Message, QueueError};
 use openhqm_core::store::{IdempotencyClaim, PutOutcome};
+use openhqm_core::telemetry::TraceSpan;
 use openhqm_core::time::now_rfc3339;
+use openhqm_trace::SpanKind;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// Room for the capture frame's metadata line on top of the body limit.
 const CAPTURE_META_ALLOWANCE: usize = 256 * 1024;
@@ -120,14 +123,21 @@ pub async fn submit(
             ))
         }
     };
-    let traceparent = header_str(&headers, "traceparent");
+    let mut trace = TraceSpan::start(
+        "POST /api/v1/submit",
+        SpanKind::Server,
+        header_str(&headers, "traceparent").as_deref(),
+    );
+    trace.attr("http.request.method", "POST");
+    trace.attr("http.route", "/api/v1/submit");
     let envelope = Envelope {
         version: ENVELOPE_VERSION,
         correlation_id: uuid::Uuid::new_v4().to_string(),
         submitted_at: now_rfc3339(),
         source: Source::Api,
         metadata,
-        traceparent,
+        // Set to the publish span's context in `accept`.
+        traceparent: None,
         payload: Some(payload),
         headers: parsed.headers.unwrap_or_default(),
         request: None,
@@ -137,13 +147,28 @@ pub async fn submit(
     let idempotency = header_str(&headers, idempotency::HEADER)
         .map(|v| Idempotency::new(&v, "POST", "/api/v1/submit", None, &body))
         .transpose()?;
-    accept(
+    let answer = accept(
         &state,
         envelope,
         Prefer::from_headers(&headers),
         idempotency,
+        &mut trace,
     )
-    .await
+    .await;
+    record_status(&mut trace, &answer);
+    answer
+}
+
+/// The answer's status on the request's span.
+fn record_status(trace: &mut TraceSpan, answer: &Result<Response, ApiError>) {
+    let status = match answer {
+        Ok(r) => r.status(),
+        Err(e) => e.status,
+    };
+    trace.attr("http.response.status_code", i64::from(status.as_u16()));
+    if status.is_server_error() {
+        trace.set_error(format!("answered {status}"));
+    }
 }
 
 /// `metadata.callback_url`, when given, must be a URL on the callback
@@ -170,6 +195,7 @@ pub async fn capture(
         .server
         .max_body_bytes
         .saturating_add(CAPTURE_META_ALLOWANCE);
+    let started = Instant::now();
     let (headers, frame) = read_body(req, limit).await?;
     if content_type(&headers).as_deref() != Some(CAPTURE_CONTENT_TYPE) {
         return Err(ApiError::new(
@@ -194,6 +220,28 @@ pub async fn capture(
             .find(|(k, _)| k.eq_ignore_ascii_case("traceparent"))
             .map(|(_, v)| v.clone())
     });
+    let route = meta.route.as_deref().unwrap_or("unnamed");
+    let mut trace = TraceSpan::start(
+        format!("capture {route}"),
+        SpanKind::Server,
+        traceparent.as_deref(),
+    );
+    trace.attr("http.request.method", meta.method.clone());
+    trace.attr("openhqm.route", route);
+    let answer = capture_parsed(&state, &meta, body, &mut trace).await;
+    record_status(&mut trace, &answer);
+    state
+        .metrics
+        .observe_capture(meta.route.as_deref(), started);
+    answer
+}
+
+async fn capture_parsed(
+    state: &AppState,
+    meta: &CaptureMeta,
+    body: &[u8],
+    trace: &mut TraceSpan,
+) -> Result<Response, ApiError> {
     if let Some(name) = &meta.endpoint {
         if state.config.proxy.enabled && !state.config.proxy.endpoints.contains_key(name) {
             return Err(ApiError::bad_request(
@@ -212,10 +260,11 @@ pub async fn capture(
             priority: meta.priority.clone(),
             ..Metadata::default()
         },
-        traceparent,
+        // Set to the publish span's context in `accept`.
+        traceparent: None,
         payload: None,
         headers: BTreeMap::new(),
-        request: Some(HttpRequest::from_capture(&meta, body)),
+        request: Some(HttpRequest::from_capture(meta, body)),
         partition_key: meta.partition_key.clone(),
     };
     let idempotency = meta
@@ -224,7 +273,7 @@ pub async fn capture(
         .find(|(k, _)| k.eq_ignore_ascii_case(idempotency::HEADER))
         .map(|(_, v)| Idempotency::new(v, &meta.method, &meta.path, meta.query.as_deref(), body))
         .transpose()?;
-    let accepted = accept(&state, envelope, Prefer::default(), idempotency).await?;
+    let accepted = accept(state, envelope, Prefer::default(), idempotency, trace).await?;
     if meta.wait_ms == 0 || accepted.status() != StatusCode::ACCEPTED {
         return Ok(accepted);
     }
@@ -301,6 +350,29 @@ async fn accept(
     envelope: Envelope,
     prefer: Prefer,
     idempotency: Option<Idempotency>,
+    trace: &mut TraceSpan,
+) -> Result<Response, ApiError> {
+    // Every log line about this request names it (and its trace).
+    let log_span = tracing::info_span!(
+        "request",
+        correlation_id = %envelope.correlation_id,
+        trace_id = tracing::field::Empty,
+    );
+    if let Some(t) = trace.trace_id() {
+        log_span.record("trace_id", t);
+    }
+    trace.attr("openhqm.correlation_id", envelope.correlation_id.clone());
+    accept_logged(state, envelope, prefer, idempotency, trace)
+        .instrument(log_span)
+        .await
+}
+
+async fn accept_logged(
+    state: &AppState,
+    mut envelope: Envelope,
+    prefer: Prefer,
+    idempotency: Option<Idempotency>,
+    trace: &mut TraceSpan,
 ) -> Result<Response, ApiError> {
     let retry_after = state.config.server.retry_after_seconds;
     let id = envelope.correlation_id.clone();
@@ -391,14 +463,25 @@ async fn accept(
             return Err(store_down(&e));
         }
     }
+    let queue_name = state.requests.name().to_string();
+    // The message carries the publish span's context: the worker's span is
+    // its child.
+    let mut publish = trace.child(format!("publish {queue_name}"), SpanKind::Producer);
+    publish.attr("messaging.destination.name", queue_name.clone());
+    publish.attr("messaging.message.id", id.clone());
+    envelope.traceparent = publish.traceparent().map(str::to_string);
     let message = Message {
         id: id.clone(),
         body: envelope.encode(),
         attributes: BTreeMap::new(),
         key: envelope.partition_key.clone(),
     };
-    let queue_name = state.requests.name().to_string();
-    if let Err(e) = state.requests.publish(message).await {
+    let published = state.requests.publish(message).await;
+    if let Err(e) = &published {
+        publish.set_error(e.to_string());
+    }
+    publish.end();
+    if let Err(e) = published {
         // Not accepted: forget the PENDING record so the ID does not linger.
         let _ = state.store.delete(&id).await;
         release().await;
@@ -609,16 +692,14 @@ pub async fn live() -> Response {
     Json(json!({"status": "alive"})).into_response()
 }
 
-/// `GET /metrics`
+/// `GET /metrics`: depths are asked of the broker at scrape time.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    if let Ok(depth) = state.requests.depth().await {
-        let q = state.requests.name();
-        let g = &state.metrics.queue_depth;
-        g.with_label_values(&[q, "ready"])
-            .set(i64::try_from(depth.ready).unwrap_or(i64::MAX));
-        g.with_label_values(&[q, "in_flight"])
-            .set(i64::try_from(depth.in_flight).unwrap_or(i64::MAX));
-    }
+    let dlq = state.dlq().await.ok();
+    state
+        .metrics
+        .queues
+        .refresh(state.requests.as_ref(), dlq.as_deref())
+        .await;
     let mut resp = Response::new(Body::from(state.metrics.render()));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

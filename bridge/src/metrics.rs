@@ -1,93 +1,107 @@
-//! Prometheus metrics for the bridge. Labels carry only bounded values: route
-//! templates (never raw paths), methods, status codes, queue names.
+//! Prometheus metrics for the bridge. Labels carry only bounded values: API
+//! route templates (never raw paths), methods, status codes, queue names,
+//! and filter route names through a [`BoundedLabel`].
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use openhqm_core::metrics::{latency_histogram, BoundedLabel, QueueGauges};
+use prometheus::{HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 use std::sync::Arc;
 use std::time::Instant;
+
+/// Distinct filter route names tracked before the rest count as "other".
+const MAX_CAPTURE_ROUTES: usize = 100;
 
 pub struct Metrics {
     pub registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
+    pub http_in_flight: IntGauge,
     pub accepted: IntCounterVec,
+    pub capture_duration: HistogramVec,
+    pub capture_routes: BoundedLabel,
     pub publish: IntCounterVec,
-    pub queue_depth: IntGaugeVec,
+    pub queues: QueueGauges,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let http_requests = IntCounterVec::new(
-            Opts::new(
+        let http_in_flight = IntGauge::new(
+            "openhqm_http_in_flight",
+            "HTTP requests the bridge is serving now (waits included)",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(http_in_flight.clone()))
+            .expect("metric registered once");
+        Metrics {
+            http_requests: counter(
+                &registry,
                 "openhqm_http_requests_total",
                 "HTTP requests answered by the bridge",
+                &["route", "method", "status"],
             ),
-            &["route", "method", "status"],
-        )
-        .expect("valid metric");
-        let http_duration = HistogramVec::new(
-            HistogramOpts::new(
+            http_duration: latency_histogram(
+                &registry,
                 "openhqm_http_request_duration_seconds",
-                "Bridge request latency",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            ]),
-            &["route"],
-        )
-        .expect("valid metric");
-        let accepted = IntCounterVec::new(
-            Opts::new(
+                "Bridge request latency by API route template",
+                &["route"],
+            ),
+            http_in_flight,
+            accepted: counter(
+                &registry,
                 "openhqm_requests_accepted_total",
                 "Requests made durable and answered 202",
+                &["source"],
             ),
-            &["source"],
-        )
-        .expect("valid metric");
-        let publish = IntCounterVec::new(
-            Opts::new(
+            capture_duration: latency_histogram(
+                &registry,
+                "openhqm_capture_duration_seconds",
+                "Captured request latency in the bridge by filter route (waits included)",
+                &["route"],
+            ),
+            capture_routes: BoundedLabel::new(MAX_CAPTURE_ROUTES),
+            publish: counter(
+                &registry,
                 "openhqm_queue_publish_total",
                 "Queue publish attempts by outcome",
+                &["queue", "result"],
             ),
-            &["queue", "result"],
-        )
-        .expect("valid metric");
-        let queue_depth = IntGaugeVec::new(
-            Opts::new(
-                "openhqm_queue_depth",
-                "Messages in the queue (ready or in flight)",
-            ),
-            &["queue", "state"],
-        )
-        .expect("valid metric");
-        for c in [
-            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(http_duration.clone()),
-            Box::new(accepted.clone()),
-            Box::new(publish.clone()),
-            Box::new(queue_depth.clone()),
-        ] {
-            registry.register(c).expect("metric registered once");
-        }
-        Metrics {
+            queues: QueueGauges::register(&registry),
             registry,
-            http_requests,
-            http_duration,
-            accepted,
-            publish,
-            queue_depth,
         }
     }
 
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
+        openhqm_core::metrics::render(&self.registry)
+    }
+
+    /// Time one captured request under its filter route's name.
+    pub fn observe_capture(&self, route: Option<&str>, started: Instant) {
+        let route = self.capture_routes.get(route.unwrap_or("unnamed"));
+        self.capture_duration
+            .with_label_values(&[&route])
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// Decrements the in-flight gauge however the request ends (a client that
+/// disconnects cancels the handler future).
+struct InFlight(IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -104,6 +118,8 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
         _ => "OTHER",
     }
     .to_string();
+    metrics.http_in_flight.inc();
+    let _in_flight = InFlight(metrics.http_in_flight.clone());
     let started = Instant::now();
     let resp = next.run(req).await;
     metrics

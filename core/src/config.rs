@@ -501,6 +501,15 @@ pub struct MonitoringConfig {
     pub metrics_enabled: bool,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// OTLP/HTTP collector for traces, e.g. `http://127.0.0.1:4318` (spans
+    /// go to `<endpoint>/v1/traces`). Unset: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
+    /// or `OTEL_EXPORTER_OTLP_ENDPOINT`; none of them: no traces.
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces recorded (0.0 to 1.0); a request that arrives
+    /// with a `traceparent` follows its sampled flag instead.
+    pub trace_sample_ratio: f64,
+    /// `service.name` of the spans; default the program's name (or `OTEL_SERVICE_NAME`).
+    pub service_name: Option<String>,
 }
 
 impl Default for MonitoringConfig {
@@ -509,6 +518,9 @@ impl Default for MonitoringConfig {
             metrics_enabled: true,
             log_level: "INFO".into(),
             log_format: LogFormat::Json,
+            otlp_endpoint: None,
+            trace_sample_ratio: 1.0,
+            service_name: None,
         }
     }
 }
@@ -935,6 +947,16 @@ impl Config {
                 "monitoring.log_level",
                 "must be one of TRACE, DEBUG, INFO, WARN, ERROR",
             ));
+        }
+        if !(0.0..=1.0).contains(&self.monitoring.trace_sample_ratio) {
+            return Err(ConfigError::new(
+                "monitoring.trace_sample_ratio",
+                "must be between 0.0 and 1.0",
+            ));
+        }
+        if let Some(url) = &self.monitoring.otlp_endpoint {
+            crate::telemetry::OtlpTarget::parse(url)
+                .map_err(|e| ConfigError::new("monitoring.otlp_endpoint", e))?;
         }
         Ok(())
     }

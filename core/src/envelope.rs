@@ -55,6 +55,10 @@ pub struct HttpRequest {
     pub body: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_encoding: Option<BodyEncoding>,
+    /// The filter route that captured the request (the worker's latency
+    /// metrics are labelled with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
 }
 
 impl HttpRequest {
@@ -199,6 +203,7 @@ impl HttpRequest {
             headers_b64: meta.headers_b64.clone(),
             body,
             body_encoding,
+            route: meta.route.clone(),
         }
     }
 }

@@ -43,7 +43,15 @@ where
         .enable_all()
         .build()
         .unwrap_or_else(|e| fail(program, format!("cannot start the async runtime: {e}")));
-    runtime.block_on(body(config, command));
+    let serving = command.is_empty();
+    let monitoring = config.monitoring.clone();
+    runtime.block_on(async move {
+        if serving {
+            crate::telemetry::start_tracing(&monitoring, program);
+        }
+        body(config, command).await;
+        crate::telemetry::flush_tracing().await;
+    });
 }
 
 /// Open a named queue or stop the program, naming the queue.

@@ -8,14 +8,16 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use openhqm_core::metrics::{latency_histogram, BoundedLabel, QueueGauges};
 use openhqm_core::queue::Queue;
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
-};
+use prometheus::{HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Distinct filter route names tracked before the rest count as "other"
+/// (route names come from messages, so anyone who can publish picks them).
+const MAX_REQUEST_ROUTES: usize = 100;
 
 pub struct Metrics {
     pub registry: Registry,
@@ -29,115 +31,127 @@ pub struct Metrics {
     pub processing_duration: HistogramVec,
     /// Backend calls by endpoint and outcome class.
     pub backend_calls: IntCounterVec,
+    pub backend_duration: HistogramVec,
     pub backend_in_flight: IntGaugeVec,
     /// 0 closed, 1 open, 2 half-open.
     pub breaker_state: IntGaugeVec,
     pub breaker_transitions: IntCounterVec,
     pub dlq_published: IntCounterVec,
     pub callbacks: IntCounterVec,
-    pub queue_depth: IntGaugeVec,
+    /// Accepted -> final outcome, by the filter route that captured the
+    /// request ("api" for the submit API, "foreign" for other systems').
+    pub request_latency: HistogramVec,
+    pub request_routes: BoundedLabel,
+    pub queues: QueueGauges,
 }
 
-fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
 }
 
-fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let m = Metrics {
-            active: IntGauge::new("openhqm_worker_active", "Messages being processed")
-                .expect("valid metric"),
+        let active = IntGauge::new("openhqm_worker_active", "Messages being processed")
+            .expect("valid metric");
+        registry
+            .register(Box::new(active.clone()))
+            .expect("metric registered once");
+        let r = &registry;
+        Metrics {
+            active,
             processed: counter(
+                r,
                 "openhqm_worker_messages_total",
                 "Messages settled by outcome",
                 &["outcome"],
             ),
             errors: counter(
+                r,
                 "openhqm_worker_errors_total",
                 "Failed processing attempts",
                 &["kind"],
             ),
             retries: counter(
+                r,
                 "openhqm_worker_retries_total",
                 "Attempts scheduled again after a failure",
                 &["endpoint"],
             ),
-            processing_duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "openhqm_worker_processing_duration_seconds",
-                    "Time from receive to settle, per message",
-                )
-                .buckets(vec![
-                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                ]),
+            processing_duration: latency_histogram(
+                r,
+                "openhqm_worker_processing_duration_seconds",
+                "Time from receive to settle, per message",
                 &["outcome"],
-            )
-            .expect("valid metric"),
+            ),
             backend_calls: counter(
+                r,
                 "openhqm_worker_backend_calls_total",
                 "Backend calls by endpoint and result (2xx..5xx, error)",
                 &["endpoint", "result"],
             ),
+            backend_duration: latency_histogram(
+                r,
+                "openhqm_worker_backend_duration_seconds",
+                "Backend call latency per endpoint (admission waits excluded)",
+                &["endpoint"],
+            ),
             backend_in_flight: gauge(
+                r,
                 "openhqm_worker_backend_in_flight",
                 "Backend calls in flight per endpoint",
                 &["endpoint"],
             ),
             breaker_state: gauge(
+                r,
                 "openhqm_worker_breaker_state",
                 "Circuit breaker state per endpoint: 0 closed, 1 open, 2 half-open",
                 &["endpoint"],
             ),
             breaker_transitions: counter(
+                r,
                 "openhqm_worker_breaker_transitions_total",
                 "Circuit breaker state changes",
                 &["endpoint", "to"],
             ),
             dlq_published: counter(
+                r,
                 "openhqm_dlq_messages_total",
                 "Messages moved to the dead-letter queue",
                 &["queue"],
             ),
             callbacks: counter(
+                r,
                 "openhqm_worker_callbacks_total",
                 "Completion callbacks by result",
                 &["result"],
             ),
-            queue_depth: gauge(
-                "openhqm_queue_depth",
-                "Messages in the queue (ready or in flight)",
-                &["queue", "state"],
+            request_latency: latency_histogram(
+                r,
+                "openhqm_request_latency_seconds",
+                "Time from acceptance to final outcome, by filter route (api, foreign)",
+                &["route"],
             ),
+            request_routes: BoundedLabel::new(MAX_REQUEST_ROUTES),
+            queues: QueueGauges::register(r),
             registry,
-        };
-        for c in [
-            Box::new(m.active.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(m.processed.clone()),
-            Box::new(m.errors.clone()),
-            Box::new(m.retries.clone()),
-            Box::new(m.processing_duration.clone()),
-            Box::new(m.backend_calls.clone()),
-            Box::new(m.backend_in_flight.clone()),
-            Box::new(m.breaker_state.clone()),
-            Box::new(m.breaker_transitions.clone()),
-            Box::new(m.dlq_published.clone()),
-            Box::new(m.callbacks.clone()),
-            Box::new(m.queue_depth.clone()),
-        ] {
-            m.registry.register(c).expect("metric registered once");
         }
-        m
     }
 
     fn render(&self) -> String {
-        let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8(out).unwrap_or_default()
+        openhqm_core::metrics::render(&self.registry)
     }
 }
 
@@ -150,6 +164,7 @@ impl Default for Metrics {
 struct AdminState {
     metrics: Arc<Metrics>,
     queue: Arc<dyn Queue>,
+    dlq: Arc<dyn Queue>,
 }
 
 /// Bind the admin listener now (a taken port is a startup error naming the
@@ -159,12 +174,17 @@ pub async fn serve(
     port: u16,
     metrics: Arc<Metrics>,
     queue: Arc<dyn Queue>,
+    dlq: Arc<dyn Queue>,
 ) -> Result<(), String> {
     let addr = format!("{host}:{port}");
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .map_err(|e| format!("`worker.admin_port`: cannot listen on {addr}: {e}"))?;
-    let state = Arc::new(AdminState { metrics, queue });
+    let state = Arc::new(AdminState {
+        metrics,
+        queue,
+        dlq,
+    });
     let router = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/health/live", get(live))
@@ -177,17 +197,12 @@ pub async fn serve(
 }
 
 async fn metrics_text(State(state): State<Arc<AdminState>>) -> Response {
-    // Depth is read on scrape so it is fresh without a polling task.
-    if let Ok(Ok(d)) = tokio::time::timeout(Duration::from_secs(2), state.queue.depth()).await {
-        let q = state.queue.name();
-        let depth = &state.metrics.queue_depth;
-        depth
-            .with_label_values(&[q, "ready"])
-            .set(i64::try_from(d.ready).unwrap_or(i64::MAX));
-        depth
-            .with_label_values(&[q, "in_flight"])
-            .set(i64::try_from(d.in_flight).unwrap_or(i64::MAX));
-    }
+    // Depths are read on scrape so they are fresh without a polling task.
+    state
+        .metrics
+        .queues
+        .refresh(state.queue.as_ref(), Some(state.dlq.as_ref()))
+        .await;
     (
         [("content-type", "text/plain; version=0.0.4")],
         state.metrics.render(),

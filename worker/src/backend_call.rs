@@ -401,6 +401,7 @@ mod tests {
                 headers_b64: vec![("x-bin".into(), "/w==".into())],
                 body,
                 body_encoding,
+                route: None,
             }),
             partition_key: None,
         })

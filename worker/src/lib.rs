@@ -88,6 +88,7 @@ async fn run(config: openhqm_core::config::Config) {
             config.worker.admin_port,
             metrics.clone(),
             requests.clone(),
+            dlq.clone(),
         )
         .await
         .unwrap_or_else(|e| fail(e));

@@ -10,10 +10,12 @@ use crate::routing::{RouteError, Routed, RoutingTable};
 use crate::work::{Work, WorkBody};
 use openhqm_core::config::{Config, EndpointConfig};
 use openhqm_core::retry::RetryPolicy;
+use openhqm_core::telemetry::TraceSpan;
+use openhqm_trace::SpanKind;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The name metrics and logs use for a default endpoint given as a bare URL.
 const DEFAULT_NAME: &str = "default";
@@ -155,9 +157,13 @@ impl Proxy {
         config: &Config,
         plan: &Plan<'_>,
         work: &Work,
-        attempt: u32,
-        deadline: Option<tokio::time::Instant>,
+        this: &ThisAttempt<'_>,
     ) -> Attempt {
+        let ThisAttempt {
+            attempt,
+            deadline,
+            trace,
+        } = *this;
         let flow = &plan.endpoint.flow;
         let Ok(admission) = flow.admit(deadline).await else {
             return Attempt::Expired;
@@ -185,22 +191,60 @@ impl Proxy {
             let left = d.saturating_duration_since(tokio::time::Instant::now());
             out.timeout = out.timeout.min(left.max(Duration::from_millis(1)));
         }
+        // The backend sees this call's span as its parent.
+        let mut span = trace.child(format!("{} {}", out.method, plan.name), SpanKind::Client);
+        span.attr("http.request.method", out.method.to_string());
+        span.attr("openhqm.endpoint", plan.name);
+        span.attr("openhqm.attempt", i64::from(attempt));
+        if let Some(tp) = span.traceparent() {
+            if let Ok(v) = reqwest::header::HeaderValue::from_str(tp) {
+                out.headers.insert("traceparent", v);
+            }
+        }
         let in_flight = self
             .metrics
             .backend_in_flight
             .with_label_values(&[plan.name]);
         in_flight.inc();
+        let sent = Instant::now();
         let result =
             backend_call::send(http, out, &plan.policy, config.proxy.max_response_size).await;
+        self.metrics
+            .backend_duration
+            .with_label_values(&[plan.name])
+            .observe(sent.elapsed().as_secs_f64());
         in_flight.dec();
         let (class, healthy) = classify(&result);
         admission.finish(healthy);
+        match &result {
+            Attempt::Answered(r) => {
+                span.attr("http.response.status_code", i64::from(r.status_code))
+            }
+            Attempt::Retry {
+                error, response, ..
+            }
+            | Attempt::Fail { error, response } => {
+                if let Some(r) = response {
+                    span.attr("http.response.status_code", i64::from(r.status_code));
+                }
+                span.set_error(error.clone());
+            }
+            Attempt::Expired => span.set_error("deadline passed"),
+        }
         self.metrics
             .backend_calls
             .with_label_values(&[plan.name, class])
             .inc();
         result
     }
+}
+
+/// Which attempt this is, the message's deadline, and the span it belongs to.
+#[derive(Clone, Copy)]
+pub struct ThisAttempt<'a> {
+    pub attempt: u32,
+    pub deadline: Option<tokio::time::Instant>,
+    pub trace: &'a TraceSpan,
 }
 
 /// The metric label of an outcome, and whether it says the backend is

@@ -7,19 +7,22 @@ use crate::backend_call::Attempt;
 use crate::callback::CallbackSender;
 use crate::flow::ordering::{KeyOrder, Ticket};
 use crate::processor::{Job, Processor};
-use crate::proxy::Proxy;
-use crate::work::Work;
+use crate::proxy::{Proxy, ThisAttempt};
+use crate::work::{Work, WorkBody};
 use openhqm_core::config::Config;
 use openhqm_core::model::{result_json, RequestRecord, Status, StoredResponse};
 use openhqm_core::queue::{dead_letter, Delivery, Message, Queue, QueueError, Receipt};
 use openhqm_core::retry::RetryPolicy;
 use openhqm_core::store::{PutOutcome, ResultStore};
+use openhqm_core::telemetry::TraceSpan;
 use openhqm_core::time::now_rfc3339;
+use openhqm_trace::SpanKind;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 /// Everything a worker is made of; built by `lib.rs` from the configuration.
 pub struct Parts {
@@ -230,20 +233,53 @@ impl Worker {
                 return "dead_lettered";
             }
         };
-        let id = work.correlation_id.clone();
-        // Leased from here on: keep the lease while waiting our turn too.
-        let keeper = self.keep_lease(delivery.receipt.clone());
-        let _turn = match ticket {
-            Some(t) => Some(t.turn().await),
-            None => None,
-        };
-        let outcome = self.process(delivery, &work, started).await;
-        keeper.abort();
-        tracing::debug!(correlation_id = %id, outcome, "settled");
+        // The consumer span continues the trace the message carries; every
+        // log line about the message names its correlation ID.
+        let mut trace = TraceSpan::start(
+            format!("process {}", self.requests.name()),
+            SpanKind::Consumer,
+            work.traceparent.as_deref(),
+        );
+        trace.attr("messaging.destination.name", self.requests.name());
+        trace.attr("messaging.message.id", delivery.message.id.clone());
+        trace.attr("openhqm.correlation_id", work.correlation_id.clone());
+        trace.attr("openhqm.attempt", i64::from(delivery.attempt));
+        let log_span = tracing::info_span!(
+            "message",
+            correlation_id = %work.correlation_id,
+            trace_id = tracing::field::Empty,
+        );
+        if let Some(t) = trace.trace_id() {
+            log_span.record("trace_id", t);
+        }
+        let outcome = async {
+            // Leased from here on: keep the lease while waiting our turn too.
+            let keeper = self.keep_lease(delivery.receipt.clone());
+            let _turn = match ticket {
+                Some(t) => Some(t.turn().await),
+                None => None,
+            };
+            let outcome = self.process(delivery, &work, &trace, started).await;
+            keeper.abort();
+            tracing::debug!(outcome, "settled");
+            outcome
+        }
+        .instrument(log_span)
+        .await;
+        trace.attr("openhqm.outcome", outcome);
+        if matches!(outcome, "failed" | "dead_lettered" | "timeout") {
+            trace.set_error(outcome);
+        }
         outcome
     }
 
-    async fn process(&self, delivery: &Delivery, work: &Work, started: Instant) -> &'static str {
+    async fn process(
+        &self,
+        delivery: &Delivery,
+        work: &Work,
+        trace: &TraceSpan,
+        started: Instant,
+    ) -> &'static str {
         let id = &work.correlation_id;
         let existing = match self.store.get(id).await {
             Ok(r) => r,
@@ -303,7 +339,17 @@ impl Worker {
             let result = match (&plan, &self.proxy) {
                 (Some(plan), Some(proxy)) => {
                     proxy
-                        .call(&self.http, &self.config, plan, work, attempt, deadline)
+                        .call(
+                            &self.http,
+                            &self.config,
+                            plan,
+                            work,
+                            &ThisAttempt {
+                                attempt,
+                                deadline,
+                                trace,
+                            },
+                        )
                         .await
                 }
                 _ => self.run_processor(work, attempt).await,
@@ -426,22 +472,48 @@ impl Worker {
     fn keep_lease(&self, receipt: Receipt) -> tokio::task::JoinHandle<()> {
         let queue = self.requests.clone();
         let lease = self.lease;
-        tokio::spawn(async move {
-            let every = (lease / 3).max(Duration::from_millis(100));
-            loop {
-                tokio::time::sleep(every).await;
-                match queue.extend_lease(&receipt, lease).await {
-                    Ok(()) => {}
-                    Err(QueueError::LeaseLost) => {
-                        tracing::warn!(
-                            "lease lost while processing; the message may be processed twice"
-                        );
-                        return;
+        // In the message's log span: its warnings name the correlation ID.
+        tokio::spawn(
+            async move {
+                let every = (lease / 3).max(Duration::from_millis(100));
+                loop {
+                    tokio::time::sleep(every).await;
+                    match queue.extend_lease(&receipt, lease).await {
+                        Ok(()) => {}
+                        Err(QueueError::LeaseLost) => {
+                            tracing::warn!(
+                                "lease lost while processing; the message may be processed twice"
+                            );
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "lease extension failed; will try again")
+                        }
                     }
-                    Err(e) => tracing::warn!(error = %e, "lease extension failed; will try again"),
                 }
             }
-        })
+            .in_current_span(),
+        )
+    }
+
+    /// Acceptance -> final outcome, by the route that captured the request.
+    fn observe_latency(&self, work: &Work) {
+        let Ok(submitted) = humantime::parse_rfc3339(&work.submitted_at) else {
+            return;
+        };
+        let Ok(age) = std::time::SystemTime::now().duration_since(submitted) else {
+            return;
+        };
+        let route = match &work.body {
+            WorkBody::Captured(req) => req.route.as_deref().unwrap_or("unnamed"),
+            WorkBody::Api { .. } => "api",
+            WorkBody::Foreign { .. } => "foreign",
+        };
+        let route = self.metrics.request_routes.get(route);
+        self.metrics
+            .request_latency
+            .with_label_values(&[&route])
+            .observe(age.as_secs_f64());
     }
 
     /// Record the final outcome, publish it to the response queue and call
@@ -463,6 +535,7 @@ impl Worker {
         record.updated_at = now;
         match self.store.put(&record, self.ttl).await {
             Ok(PutOutcome::Written) => {
+                self.observe_latency(work);
                 if !self.publish_response(&record).await {
                     return false;
                 }

@@ -214,6 +214,7 @@ mod tests {
             headers_b64: vec![],
             body,
             body_encoding,
+            route: None,
         });
         let job = job_of(&captured, 1).unwrap();
         assert_eq!(job.payload, json!({"a": [1]}));
