@@ -35,3 +35,17 @@ if [ ! -x "$tools/envoy" ] || ! "$tools/envoy" --version >/dev/null 2>&1; then
     fi
     ln -sf "$bin" "$tools/envoy"
 fi
+
+# Python packages the end-to-end tests use (the OTLP test receiver checks
+# exports against the official protobuf schema), in their own venv,
+# reinstalled when the pinned requirements change.
+venv="$tools/test-venv"
+req="$root/tests/otlp-receiver/requirements.txt"
+stamp="$(cat "$req" | sha256sum | cut -d' ' -f1)-$(python3 --version 2>&1)"
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.stamp" 2>/dev/null)" != "$stamp" ]; then
+    echo "==> installing the test tools' Python packages into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+    echo "$stamp" > "$venv/.stamp"
+fi

@@ -1,0 +1,425 @@
+//! Telemetry end to end: OTLP traces across bridge, queue, worker and
+//! backend call (received by tests/otlp-receiver, a protocol-level stand-in
+//! for a collector that checks every export against the official OTLP
+//! schema), JSON logs that name the correlation ID and leak nothing, and
+//! `/metrics` that stays bounded however many distinct requests arrive.
+
+use openhqm_e2e::{await_result, client, free_port, header, repo_root, wait_ready, Stack};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const RESULT_WAIT: Duration = Duration::from_secs(60);
+const INBOUND_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const INBOUND_SPAN: &str = "00f067aa0ba902b7";
+
+/// Start the OTLP test receiver; its base URL.
+async fn start_receiver(stack: &mut Stack) -> String {
+    let python = repo_root().join("target/tools/test-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run deploy/local/ensure-tools.sh (make test does)",
+        python.display()
+    );
+    let port = free_port();
+    let script = repo_root().join("tests/otlp-receiver/receiver.py");
+    let p = stack.spawn(
+        "otlp-receiver",
+        &python,
+        &[&script.to_string_lossy(), &port.to_string()],
+        &[],
+    );
+    stack.keep(p);
+    let url = format!("http://127.0.0.1:{port}");
+    wait_ready(&format!("{url}/spans"), Duration::from_secs(20)).await;
+    url
+}
+
+async fn get_json(url: &str) -> Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Spans of one trace, waiting (exports are batched each second) until
+/// `names` have all arrived.
+async fn spans_of(receiver: &str, trace: &str, names: &[&str]) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let all = get_json(&format!("{receiver}/spans")).await;
+        let spans: Vec<Value> = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["traceId"] == trace)
+            .cloned()
+            .collect();
+        let have: BTreeSet<&str> = spans.iter().filter_map(|s| s["name"].as_str()).collect();
+        if names.iter().all(|n| have.contains(n)) {
+            return spans;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "trace {trace}: wanted spans {names:?}, got {have:?} (all: {all})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn span<'a>(spans: &'a [Value], name: &str) -> &'a Value {
+    spans
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no span {name}"))
+}
+
+fn assert_child(child: &Value, parent: &Value) {
+    assert_eq!(
+        child["parentSpanId"], parent["spanId"],
+        "{} must be a child of {}",
+        child["name"], parent["name"]
+    );
+    assert!(child["start"].as_u64() >= parent["start"].as_u64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_runs_from_the_submit_api_through_the_queue_to_the_backend_call() {
+    let mut stack = Stack::new("trace-api");
+    let receiver = start_receiver(&mut stack).await;
+    stack.set("OPENHQM_MONITORING__OTLP_ENDPOINT", &receiver);
+    stack.start_app(0).await;
+    stack.start_bridge().await;
+    stack.start_worker();
+    stack.wait_worker_ready(0).await;
+
+    let inbound = format!("00-{INBOUND_TRACE}-{INBOUND_SPAN}-01");
+    let r = client()
+        .post(format!("{}/api/v1/submit", stack.bridge_url()))
+        .header("traceparent", &inbound)
+        .json(&json!({"payload": {"item": "pen"}, "metadata": {"endpoint": "orders"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = header(&r, "x-correlation-id").unwrap();
+    let location = header(&r, "location").unwrap();
+    let result = await_result(&stack.bridge_url(), &location, RESULT_WAIT).await;
+    assert_eq!(result["status"], "COMPLETED", "{result}");
+
+    let queue = "openhqm-requests";
+    let spans = spans_of(
+        &receiver,
+        INBOUND_TRACE,
+        &[
+            "POST /api/v1/submit",
+            &format!("publish {queue}"),
+            &format!("process {queue}"),
+            "POST orders",
+        ],
+    )
+    .await;
+    let server = span(&spans, "POST /api/v1/submit");
+    let publish = span(&spans, &format!("publish {queue}"));
+    let process = span(&spans, &format!("process {queue}"));
+    let call = span(&spans, "POST orders");
+    // The client's span is the root's parent; then one chain across the queue.
+    assert_eq!(server["parentSpanId"], INBOUND_SPAN);
+    assert_eq!(server["service"], "openhqm-bridge");
+    assert_eq!(server["kind"], 2, "SERVER");
+    assert_eq!(server["attributes"]["openhqm.correlation_id"], id.as_str());
+    assert_eq!(server["attributes"]["http.response.status_code"], 202);
+    assert_child(publish, server);
+    assert_eq!(publish["kind"], 4, "PRODUCER");
+    assert_child(process, publish);
+    assert_eq!(process["service"], "openhqm-worker");
+    assert_eq!(process["kind"], 5, "CONSUMER");
+    assert_child(call, process);
+    assert_eq!(call["kind"], 3, "CLIENT");
+    assert_eq!(call["attributes"]["http.response.status_code"], 201);
+    // The backend got the call span as its parent.
+    assert_eq!(
+        result["headers"]["x-received-traceparent"],
+        format!("00-{INBOUND_TRACE}-{}-01", call["spanId"].as_str().unwrap()),
+        "{result}"
+    );
+    let errors = get_json(&format!("{receiver}/errors")).await;
+    assert_eq!(errors, json!([]), "every export matched the OTLP schema");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untraced_request_starts_a_trace_and_a_failing_call_is_marked_as_an_error() {
+    let mut stack = Stack::new("trace-new");
+    let receiver = start_receiver(&mut stack).await;
+    stack.set("OPENHQM_MONITORING__OTLP_ENDPOINT", &receiver);
+    stack.set("OPENHQM_WORKER__MAX_RETRIES", "1");
+    stack.start_app(0).await;
+    stack.start_bridge().await;
+    stack.start_worker();
+    stack.wait_worker_ready(0).await;
+    let r = client()
+        .post(format!("{}/api/v1/submit", stack.bridge_url()))
+        .json(&json!({
+            "payload": {"item": "x"},
+            "headers": {"x-sample-fail-times": "9", "x-sample-fail-status": "500"},
+            "metadata": {"endpoint": "orders"}
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let location = header(&r, "location").unwrap();
+    let result = await_result(&stack.bridge_url(), &location, RESULT_WAIT).await;
+    assert_eq!(result["status"], "FAILED", "{result}");
+    // The trace id was made by the bridge: find it by the root span.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let root = loop {
+        let all = get_json(&format!("{receiver}/spans")).await;
+        if let Some(s) = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "POST /api/v1/submit")
+        {
+            break s.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no submit span: {all}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(root["parentSpanId"].is_null(), "a new trace has a root");
+    let trace = root["traceId"].as_str().unwrap();
+    let spans = spans_of(
+        &receiver,
+        trace,
+        &["process openhqm-requests", "POST orders"],
+    )
+    .await;
+    let calls: Vec<&Value> = spans
+        .iter()
+        .filter(|s| s["name"] == "POST orders")
+        .collect();
+    assert_eq!(calls.len(), 2, "one span per attempt: {spans:?}");
+    for c in calls {
+        assert_eq!(c["status"]["code"], 2, "ERROR: {c}");
+        assert_eq!(c["attributes"]["http.response.status_code"], 500);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_about_a_request_name_it_and_never_carry_secrets_or_bodies() {
+    let mut stack = Stack::new("logs");
+    stack.set("OPENHQM_MONITORING__LOG_LEVEL", "debug");
+    stack.set(
+        "OPENHQM_PROXY__FORWARD_HEADERS",
+        r#"["content-type", "authorization", "x-sample-fail-times", "x-sample-fail-status"]"#,
+    );
+    stack.start_app(0).await;
+    let bridge = stack.start_bridge().await;
+    let worker = stack.start_worker();
+    stack.wait_worker_ready(0).await;
+    const SECRET: &str = "s3cr3t-token-value";
+    const BODY_MARK: &str = "body-marker-7f3a";
+    let r = client()
+        .post(format!("{}/api/v1/submit", stack.bridge_url()))
+        .header("authorization", format!("Bearer {SECRET}"))
+        .json(&json!({
+            "payload": {"note": BODY_MARK},
+            // Fails once, so retry lines are logged too.
+            "headers": {"authorization": format!("Bearer {SECRET}"),
+                        "x-sample-fail-times": "1", "x-sample-fail-status": "503"},
+            "metadata": {"endpoint": "orders"}
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = header(&r, "x-correlation-id").unwrap();
+    let location = header(&r, "location").unwrap();
+    let result = await_result(&stack.bridge_url(), &location, RESULT_WAIT).await;
+    assert_eq!(result["status"], "COMPLETED", "{result}");
+    assert_eq!(result["attempts"], 2, "{result}");
+    // Give the worker a moment to write its last lines.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    for (i, program) in [(bridge, "bridge"), (worker, "worker")] {
+        let text = stack.proc(i).log_text();
+        assert!(!text.contains(SECRET), "{program} logged a secret:\n{text}");
+        assert!(
+            !text.contains(BODY_MARK),
+            "{program} logged a body:\n{text}"
+        );
+        let events = stack.proc(i).log_events();
+        assert!(!events.is_empty(), "{program} logs JSON lines:\n{text}");
+        // Lines inside a request's span carry its correlation ID; lines that
+        // mention the ID are all inside such a span.
+        let about: Vec<&Value> = events
+            .iter()
+            .filter(|e| e.to_string().contains(&id))
+            .collect();
+        for e in &about {
+            assert_eq!(e["span"]["correlation_id"], id.as_str(), "{program}: {e}");
+        }
+        for e in events.iter().filter(|e| e.get("span").is_some()) {
+            assert!(
+                e["span"]["correlation_id"].is_string(),
+                "{program}: a request line without its ID: {e}"
+            );
+        }
+        let messages: Vec<&str> = about.iter().filter_map(|e| e["message"].as_str()).collect();
+        let expected: &[&str] = if program == "bridge" {
+            &["accepted"]
+        } else {
+            &[
+                "processing",
+                "attempt failed; will retry",
+                "completed",
+                "settled",
+            ]
+        };
+        for m in expected {
+            assert!(
+                messages.contains(m),
+                "{program}: no {m:?} line naming {id}: {messages:?}"
+            );
+        }
+    }
+}
+
+/// The series of a Prometheus text page (names and labels, not values).
+fn series(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_labels_stay_bounded_after_thousands_of_distinct_requests() {
+    let mut stack = Stack::new("cardinality");
+    stack.start_app(0).await;
+    stack.start_bridge().await;
+    stack.start_worker();
+    stack.wait_worker_ready(0).await;
+    let c = client();
+    let bridge = stack.bridge_url();
+    let round = |n: usize, tag: &'static str| {
+        let c = c.clone();
+        let bridge = bridge.clone();
+        async move {
+            for i in 0..n {
+                let id = uuid::Uuid::new_v4();
+                let r = c
+                    .get(format!("{bridge}/api/v1/status/{id}"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status().as_u16(), 404);
+                let r = c
+                    .get(format!("{bridge}/no/such/{tag}/{i}/{id}"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status().as_u16(), 404);
+                let r = c
+                    .get(format!("{bridge}/api/v1/response/not-an-id-{i}"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status().as_u16(), 400);
+            }
+        }
+    };
+    // Warm up: every kind of request once, so all label sets exist.
+    round(10, "warm").await;
+    let r = c
+        .post(format!("{bridge}/api/v1/submit"))
+        .json(&json!({"payload": {"n": 0}, "metadata": {"endpoint": "orders"}}))
+        .send()
+        .await
+        .unwrap();
+    let location = header(&r, "location").unwrap();
+    await_result(&bridge, &location, RESULT_WAIT).await;
+    // A scrape is a request too: its own series exist from the second one on.
+    c.get(format!("{bridge}/metrics")).send().await.unwrap();
+    let before = c
+        .get(format!("{bridge}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let worker_before = stack.worker_metrics(0).await;
+
+    // 3 x 4 x 1000 distinct paths and ids.
+    futures_join(
+        round(1000, "a"),
+        round(1000, "b"),
+        round(1000, "c"),
+        round(1000, "d"),
+    )
+    .await;
+    for n in 1..=200 {
+        let r = c
+            .post(format!("{bridge}/api/v1/submit"))
+            .json(&json!({"payload": {"n": n}, "metadata": {"endpoint": "orders"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+    }
+    let after = c
+        .get(format!("{bridge}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (before_s, after_s) = (series(&before), series(&after));
+    assert_eq!(
+        before_s,
+        after_s,
+        "12,000 distinct request paths changed the bridge's series: new {:?}, gone {:?}",
+        after_s.difference(&before_s).collect::<Vec<_>>(),
+        before_s.difference(&after_s).collect::<Vec<_>>()
+    );
+    assert!(
+        after.len() < before.len() + 512,
+        "{} -> {} bytes",
+        before.len(),
+        after.len()
+    );
+    assert!(!after.contains("/no/such"), "a raw path became a label");
+    // The worker saw 200 more distinct messages: no new series either.
+    let deadline = std::time::Instant::now() + RESULT_WAIT;
+    loop {
+        let m = stack.worker_metrics(0).await;
+        if m.contains("openhqm_worker_messages_total{outcome=\"completed\"} 201") {
+            assert_eq!(series(&worker_before), series(&m), "worker series changed");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker did not finish: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn futures_join<A, B, C, D>(a: A, b: B, c: C, d: D)
+where
+    A: std::future::Future<Output = ()>,
+    B: std::future::Future<Output = ()>,
+    C: std::future::Future<Output = ()>,
+    D: std::future::Future<Output = ()>,
+{
+    tokio::join!(a, b, c, d);
+}
