@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Schema validation of every manifest in istio/ and deploy/kubernetes/, with
 # no cluster. Kubernetes built-in kinds: kubernetes-validate --strict against
-# Kubernetes 1.33.0; Istio and KEDA kinds: the schemas of the pinned
-# @kubernetes-models packages, strictly (unknown fields are errors); plus the
-# OpenHQM filter's plugin configuration. Any document of a kind nothing here
-# can validate is an error.
+# Kubernetes 1.33.0; Istio, KEDA and prometheus-operator kinds: the schemas
+# of the pinned @kubernetes-models packages, strictly (unknown fields are
+# errors); plus the OpenHQM filter's plugin configuration. Any document of a
+# kind nothing here can validate is an error.
 #
 #   deploy/validate/validate.sh                 # every manifest in istio/ and deploy/kubernetes/
 #   deploy/validate/validate.sh FILE...         # only these files
@@ -41,8 +41,8 @@ done
 fail() { echo "validate.sh: $*" >&2; exit 2; }
 
 command -v python3 >/dev/null || fail "python3 is needed (kubernetes-validate)"
-command -v node >/dev/null || fail "Node.js >= 20 is needed (the Istio/KEDA schemas)"
-command -v npm >/dev/null || fail "npm is needed to install the Istio/KEDA schema packages"
+command -v node >/dev/null || fail "Node.js >= 20 is needed (the Istio/KEDA/prometheus-operator schemas)"
+command -v npm >/dev/null || fail "npm is needed to install the Istio/KEDA/prometheus-operator schema packages"
 node_major="$(node -p 'process.versions.node.split(".")[0]')"
 [ "$node_major" -ge 20 ] || fail "Node.js >= 20 is needed, found $(node --version)"
 
@@ -71,7 +71,7 @@ ensure_node() {
   if [ -d "$dir/node_modules" ] && [ "$(cat "$dir/.openhqm-stamp" 2>/dev/null)" = "$want" ]; then
     return
   fi
-  echo "validate.sh: installing the Istio/KEDA schema packages into $dir (once, npm ci)" >&2
+  echo "validate.sh: installing the Istio/KEDA/prometheus-operator schema packages into $dir (once, npm ci)" >&2
   rm -rf "$dir"
   mkdir -p "$dir"
   cp "$here/package.json" "$here/package-lock.json" "$dir/"
