@@ -29,8 +29,10 @@ filter-image: wasm
 		echo "filter-image: no Docker engine here, image NOT built; elsewhere run: docker build -f deploy/filter.Dockerfile -t $(FILTER_IMAGE) ." ; \
 	fi
 
-# Every manifest in istio/ and deploy/kubernetes/ against its schema (offline
-# after the first run); every file in deploy/validate/broken/ must be rejected.
+# Every manifest in istio/ and deploy/kubernetes/ against its schema, the alert
+# rules (promtool check + unit tests) and the Grafana dashboard against the
+# metrics the code exports (offline after the first run); every case in
+# deploy/validate/broken/ must be rejected.
 validate:
 	@deploy/validate/validate.sh --all
 

@@ -8,8 +8,9 @@
 //     *.k8s.io): `kubernetes-validate --strict -k <version>` (authoritative,
 //     rejects unknown fields), plus kubernetes-models' validate() as a second
 //     opinion that lists every type error;
-//   - Istio and KEDA kinds: `new Kind(obj).validate()` from
-//     @kubernetes-models/istio and @kubernetes-models/keda, then a strict pass
+//   - Istio, KEDA and prometheus-operator kinds (PrometheusRule, ...):
+//     `new Kind(obj).validate()` from @kubernetes-models/istio,
+//     @kubernetes-models/keda and @kubernetes-models/prometheus-operator, then a strict pass
 //     over the same schemas that rejects fields the schema does not declare
 //     (what the API server does with strict field validation; the packages'
 //     own validate() lets unknown fields through, so a typo would pass);
@@ -112,19 +113,31 @@ const CORE_GROUPS = new Set(["", "apps", "batch", "policy", "autoscaling"]);
 const isCoreGroup = (g) => CORE_GROUPS.has(g) || g.endsWith(".k8s.io");
 const groupOf = (apiVersion) => (apiVersion.includes("/") ? apiVersion.split("/")[0] : "");
 
-function pkgInfo(name) {
-  const pj = JSON.parse(fs.readFileSync(req.resolve(`${name}/package.json`), "utf8"));
-  return pj;
+/** The directory of an installed package. Some packages' `exports` hide
+ * their package.json, so resolve the entry point and walk up to it. */
+function pkgDir(name, from = req) {
+  let dir = path.dirname(from.resolve(name));
+  for (;;) {
+    const pjPath = path.join(dir, "package.json");
+    if (fs.existsSync(pjPath) && JSON.parse(fs.readFileSync(pjPath, "utf8")).name === name) return dir;
+    const up = path.dirname(dir);
+    if (up === dir) die(`cannot find the package.json of ${name}`);
+    dir = up;
+  }
 }
 
-// The Istio and KEDA model packages keep their schemas as data and register
+function pkgInfo(name) {
+  return JSON.parse(fs.readFileSync(path.join(pkgDir(name), "package.json"), "utf8"));
+}
+
+// The Istio, KEDA and prometheus-operator model packages keep their schemas as data and register
 // them with @kubernetes-models/validate when a model validates for the first
 // time. Wrap that registration to keep a copy for the strict pass. (CommonJS
 // entry points: their `register` is looked up at call time, so the wrapper
 // sees every call; the ES module builds would bind it at load time.)
 const captured = new Map();
 function captureRegistrations(fromPackage) {
-  const pkgReq = createRequire(req.resolve(`${fromPackage}/package.json`));
+  const pkgReq = createRequire(path.join(pkgDir(fromPackage), "package.json"));
   const v = pkgReq("@kubernetes-models/validate");
   if (v.__openhqmCapture) return;
   const orig = v.register;
@@ -135,7 +148,7 @@ function captureRegistrations(fromPackage) {
   };
   v.__openhqmCapture = true;
   // ObjectMeta comes from the apimachinery package, which may resolve its own copy
-  const am = createRequire(pkgReq.resolve("@kubernetes-models/apimachinery/package.json"));
+  const am = createRequire(path.join(pkgDir("@kubernetes-models/apimachinery", pkgReq), "package.json"));
   const v2 = am("@kubernetes-models/validate");
   if (v2 !== v && !v2.__openhqmCapture) {
     const o2 = v2.register;
@@ -147,18 +160,22 @@ function captureRegistrations(fromPackage) {
   }
 }
 
-/** apiVersion/kind -> {Model, source, schemaId} for every Istio and KEDA kind. */
+/** apiVersion/kind -> {Model, source, schemaId} for every Istio, KEDA and prometheus-operator kind. */
 const crdKinds = new Map();
 const crdSources = [];
-for (const pkg of ["@kubernetes-models/istio", "@kubernetes-models/keda"]) {
+const CRD_PACKAGES = {
+  "@kubernetes-models/istio": { product: "Istio", version: /istio\/istio\/([\d.]+)\// },
+  "@kubernetes-models/keda": { product: "KEDA", version: /keda-([\d.]+)\.yaml/ },
+  "@kubernetes-models/prometheus-operator": { product: "prometheus-operator", version: /prometheus-operator\/(?:releases\/download\/)?v([\d.]+)\// },
+};
+for (const [pkg, { product, version }] of Object.entries(CRD_PACKAGES)) {
   const pj = pkgInfo(pkg);
   const input = ((pj["crd-generate"] || {}).input || []).join(" ");
-  const m = input.match(/istio\/istio\/([\d.]+)\//) || input.match(/keda-([\d.]+)\.yaml/);
-  const product = pkg.endsWith("istio") ? "Istio" : "KEDA";
+  const m = input.match(version);
   const source = `${product} ${m ? m[1] : "?"} CRDs, ${pkg} ${pj.version}`;
   crdSources.push(source);
   captureRegistrations(pkg);
-  const dir = path.dirname(req.resolve(`${pkg}/package.json`));
+  const dir = pkgDir(pkg);
   for (const group of fs.readdirSync(dir)) {
     const gdir = path.join(dir, group);
     if (!group.includes(".") || !fs.statSync(gdir).isDirectory()) continue;
@@ -176,7 +193,7 @@ for (const pkg of ["@kubernetes-models/istio", "@kubernetes-models/keda"]) {
     }
   }
 }
-if (crdKinds.size === 0) die("no Istio/KEDA models found in the installed packages");
+if (crdKinds.size === 0) die("no Istio/KEDA/prometheus-operator models found in the installed packages");
 
 const k8sModelsVersion = pkgInfo("kubernetes-models").version;
 function coreModel(apiVersion, kind) {
@@ -416,7 +433,7 @@ for (const file of opt.files) {
     } else {
       const known = [...crdKinds.keys()].filter((k) => k.endsWith(`/${obj.kind}`));
       r.errors.push(
-        `no schema for ${key}: neither a Kubernetes built-in kind nor in the pinned Istio/KEDA models` +
+        `no schema for ${key}: neither a Kubernetes built-in kind nor in the pinned Istio/KEDA/prometheus-operator models` +
           (known.length ? ` (they know ${known.join(", ")})` : ""),
       );
       continue;
