@@ -23,9 +23,23 @@ pub const DEFAULT_RETRY_AFTER_SECONDS: u64 = 2;
 pub const DEFAULT_API_PREFIX: &str = "/api/v1";
 /// Default cap on a client's `Prefer: wait=N` for relayed lookups (30 s).
 pub const DEFAULT_MAX_WAIT_MS: u64 = 30_000;
+/// Default OTLP/HTTP traces path of the collector.
+pub const DEFAULT_OTLP_PATH: &str = "/v1/traces";
+/// Default `service.name` of the filter's spans.
+pub const DEFAULT_SERVICE_NAME: &str = "openhqm-filter";
+/// Default timeout of one export call.
+pub const DEFAULT_OTLP_TIMEOUT_MS: u64 = 1000;
+/// Default number of spans per export call.
+pub const DEFAULT_MAX_BATCH: usize = 256;
+/// Largest `tracing.max_batch`: the per-VM span buffer holds four batches.
+pub const MAX_MAX_BATCH: usize = 4096;
+/// Default time between exports.
+pub const DEFAULT_FLUSH_MS: u64 = 1000;
+/// Smallest `tracing.flush_ms` (it sets the root context's tick).
+pub const MIN_FLUSH_MS: u64 = 100;
 
 /// The validated plugin configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Envoy cluster name of the bridge.
     pub bridge_cluster: String,
@@ -50,6 +64,38 @@ pub struct Config {
     pub header_policy: HeaderPolicy,
     /// Capture routes, first match wins.
     pub routes: RouteTable,
+    /// Span export of captured requests; `None`: no spans, the inbound
+    /// `traceparent` travels unchanged with the request's headers.
+    pub tracing: Option<TracingConfig>,
+}
+
+/// Where and how the filter exports its spans (OTLP/HTTP JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingConfig {
+    /// Envoy cluster of the OpenTelemetry collector's OTLP/HTTP port.
+    pub otlp_cluster: String,
+    /// Path of the traces endpoint (starts with '/').
+    pub otlp_path: String,
+    /// `:authority` of export calls.
+    pub authority: String,
+    /// `service.name` resource attribute.
+    pub service_name: String,
+    /// Share of new traces recorded (0.0..=1.0) when the request brings no
+    /// valid `traceparent`; an inbound one's sampled flag is obeyed.
+    pub sample_ratio: f64,
+    /// Timeout of one export call, in milliseconds (1..=u32::MAX).
+    pub timeout_ms: u64,
+    /// Spans per export call; reaching it triggers an export.
+    pub max_batch: usize,
+    /// Time between exports, in milliseconds.
+    pub flush_ms: u64,
+}
+
+impl TracingConfig {
+    /// Most spans a VM holds waiting for export; more are dropped.
+    pub fn buffer_limit(&self) -> usize {
+        self.max_batch.saturating_mul(4)
+    }
 }
 
 /// Which request headers are carried to the backend (lower-case names):
@@ -102,6 +148,24 @@ fn default_api_prefix() -> String {
 fn default_max_wait_ms() -> u64 {
     DEFAULT_MAX_WAIT_MS
 }
+fn default_otlp_path() -> String {
+    DEFAULT_OTLP_PATH.to_string()
+}
+fn default_service_name() -> String {
+    DEFAULT_SERVICE_NAME.to_string()
+}
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+fn default_otlp_timeout_ms() -> u64 {
+    DEFAULT_OTLP_TIMEOUT_MS
+}
+fn default_max_batch() -> u64 {
+    DEFAULT_MAX_BATCH as u64
+}
+fn default_flush_ms() -> u64 {
+    DEFAULT_FLUSH_MS
+}
 
 /// The configuration exactly as written (before validation).
 #[derive(Debug, Deserialize)]
@@ -127,6 +191,93 @@ struct RawConfig {
     #[serde(default)]
     headers: Option<RawHeaderPolicy>,
     routes: Vec<RawRoute>,
+    #[serde(default)]
+    tracing: Option<RawTracing>,
+}
+
+/// The `tracing` object as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTracing {
+    otlp_cluster: String,
+    #[serde(default = "default_otlp_path")]
+    otlp_path: String,
+    #[serde(default)]
+    authority: Option<String>,
+    #[serde(default = "default_service_name")]
+    service_name: String,
+    #[serde(default = "default_sample_ratio")]
+    sample_ratio: f64,
+    #[serde(default = "default_otlp_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "default_max_batch")]
+    max_batch: u64,
+    #[serde(default = "default_flush_ms")]
+    flush_ms: u64,
+}
+
+impl RawTracing {
+    fn validate(self) -> Result<TracingConfig, ConfigError> {
+        if self.otlp_cluster.trim().is_empty() {
+            return err(
+                "`tracing.otlp_cluster` must not be empty (the Envoy cluster of the \
+                 collector's OTLP/HTTP port)",
+            );
+        }
+        if !self.otlp_path.starts_with('/') {
+            return err(format!(
+                "`tracing.otlp_path` must start with '/' (got {:?})",
+                self.otlp_path
+            ));
+        }
+        let authority = match self.authority {
+            None => self.otlp_cluster.clone(),
+            Some(a) if !a.trim().is_empty() => a,
+            Some(_) => return err("`tracing.authority` must not be empty"),
+        };
+        if self.service_name.trim().is_empty() {
+            return err("`tracing.service_name` must not be empty");
+        }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return err(format!(
+                "`tracing.sample_ratio` must be between 0.0 and 1.0 (got {})",
+                self.sample_ratio
+            ));
+        }
+        if self.timeout_ms == 0 || self.timeout_ms > u64::from(u32::MAX) {
+            return err(format!(
+                "`tracing.timeout_ms` must be between 1 and {} (got {})",
+                u32::MAX,
+                self.timeout_ms
+            ));
+        }
+        let max_batch = match usize::try_from(self.max_batch) {
+            Ok(n @ 1..=MAX_MAX_BATCH) => n,
+            _ => {
+                return err(format!(
+                    "`tracing.max_batch` must be between 1 and {MAX_MAX_BATCH} (got {})",
+                    self.max_batch
+                ))
+            }
+        };
+        if self.flush_ms < MIN_FLUSH_MS || self.flush_ms > u64::from(u32::MAX) {
+            return err(format!(
+                "`tracing.flush_ms` must be between {MIN_FLUSH_MS} and {} (got {})",
+                u32::MAX,
+                self.flush_ms
+            ));
+        }
+        Ok(TracingConfig {
+            otlp_cluster: self.otlp_cluster,
+            otlp_path: self.otlp_path,
+            authority,
+            service_name: self.service_name,
+            sample_ratio: self.sample_ratio,
+            timeout_ms: self.timeout_ms,
+            max_batch,
+            flush_ms: self.flush_ms,
+        })
+    }
 }
 
 /// One route as written.
@@ -291,6 +442,7 @@ impl RawConfig {
         for (i, raw) in self.routes.into_iter().enumerate() {
             routes.push(raw.validate(i, self.max_wait_ms)?);
         }
+        let tracing = self.tracing.map(RawTracing::validate).transpose()?;
         Ok(Config {
             bridge_cluster: self.bridge_cluster,
             bridge_authority: self.bridge_authority,
@@ -303,6 +455,7 @@ impl RawConfig {
             trust_inbound_correlation: self.trust_inbound_correlation,
             header_policy,
             routes: RouteTable::new(routes),
+            tracing,
         })
     }
 }
@@ -452,6 +605,7 @@ fn describe_parse_error(bytes: &[u8], error: &serde_json::Error) -> ConfigError 
                 check::<u64>(field).map(|e| format!("`{key}`: {e}"))
             }
             "routes" => locate_route_error(field),
+            "tracing" => locate_tracing_error(field),
             _ => None,
         };
         if let Some(problem) = problem {
@@ -485,6 +639,26 @@ fn locate_route_error(routes: &Value) -> Option<String> {
         }
     }
     None
+}
+
+/// Names the `tracing` key whose value has the wrong type, or passes on
+/// serde's message (which names unknown and missing keys).
+fn locate_tracing_error(tracing: &Value) -> Option<String> {
+    if let Some(fields) = tracing.as_object() {
+        for (key, field) in fields {
+            let problem = match key.as_str() {
+                "otlp_cluster" | "otlp_path" | "service_name" => check::<String>(field),
+                "authority" => check::<Option<String>>(field),
+                "sample_ratio" => check::<f64>(field),
+                "timeout_ms" | "max_batch" | "flush_ms" => check::<u64>(field),
+                _ => None,
+            };
+            if let Some(e) = problem {
+                return Some(format!("`tracing.{key}`: {e}"));
+            }
+        }
+    }
+    check::<Option<RawTracing>>(tracing).map(|e| format!("`tracing`: {e}"))
 }
 
 fn check<T: DeserializeOwned>(value: &Value) -> Option<String> {
@@ -737,6 +911,145 @@ mod tests {
         assert!(e
             .to_string()
             .starts_with("invalid openhqm filter configuration: "));
+    }
+
+    fn with_tracing(tracing: &str) -> String {
+        format!(r#"{{"bridge_cluster":"b","routes":[],"tracing":{tracing}}}"#)
+    }
+
+    #[test]
+    fn tracing_is_off_unless_configured() {
+        assert_eq!(
+            parse(r#"{"bridge_cluster":"b","routes":[]}"#)
+                .unwrap()
+                .tracing,
+            None
+        );
+        let c = parse(r#"{"bridge_cluster":"b","routes":[],"tracing":null}"#).unwrap();
+        assert_eq!(c.tracing, None);
+    }
+
+    #[test]
+    fn tracing_defaults() {
+        let t = parse(&with_tracing(r#"{"otlp_cluster":"otel"}"#))
+            .unwrap()
+            .tracing
+            .unwrap();
+        assert_eq!(
+            t,
+            TracingConfig {
+                otlp_cluster: "otel".into(),
+                otlp_path: "/v1/traces".into(),
+                authority: "otel".into(),
+                service_name: "openhqm-filter".into(),
+                sample_ratio: 1.0,
+                timeout_ms: 1000,
+                max_batch: 256,
+                flush_ms: 1000,
+            }
+        );
+        assert_eq!(t.buffer_limit(), 1024);
+    }
+
+    #[test]
+    fn tracing_with_every_key() {
+        let t = parse(&with_tracing(
+            r#"{"otlp_cluster":"otel","otlp_path":"/otlp/v1/traces","authority":"collector:4318",
+                "service_name":"edge","sample_ratio":0.25,"timeout_ms":300,"max_batch":10,
+                "flush_ms":200}"#,
+        ))
+        .unwrap()
+        .tracing
+        .unwrap();
+        assert_eq!(t.otlp_path, "/otlp/v1/traces");
+        assert_eq!(t.authority, "collector:4318");
+        assert_eq!(t.service_name, "edge");
+        assert_eq!(t.sample_ratio, 0.25);
+        assert_eq!((t.timeout_ms, t.max_batch, t.flush_ms), (300, 10, 200));
+        // Integers are ratios too.
+        let t = parse(&with_tracing(r#"{"otlp_cluster":"o","sample_ratio":0}"#)).unwrap();
+        assert_eq!(t.tracing.unwrap().sample_ratio, 0.0);
+    }
+
+    #[test]
+    fn tracing_errors_name_the_key() {
+        let cases = [
+            (r#"{}"#, "missing field `otlp_cluster`"),
+            (r#"{"otlp_cluster":""}"#, "`tracing.otlp_cluster`"),
+            (r#"{"otlp_cluster":7}"#, "`tracing.otlp_cluster`"),
+            (
+                r#"{"otlp_cluster":"o","otlp_path":"v1/traces"}"#,
+                "`tracing.otlp_path`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","authority":" "}"#,
+                "`tracing.authority`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","authority":1}"#,
+                "`tracing.authority`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","service_name":""}"#,
+                "`tracing.service_name`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","sample_ratio":1.5}"#,
+                "`tracing.sample_ratio`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","sample_ratio":-0.1}"#,
+                "`tracing.sample_ratio`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","sample_ratio":"all"}"#,
+                "`tracing.sample_ratio`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","timeout_ms":0}"#,
+                "`tracing.timeout_ms`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","timeout_ms":4294967296}"#,
+                "`tracing.timeout_ms`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","timeout_ms":"1s"}"#,
+                "`tracing.timeout_ms`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","max_batch":0}"#,
+                "`tracing.max_batch`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","max_batch":4097}"#,
+                "`tracing.max_batch`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","max_batch":-1}"#,
+                "`tracing.max_batch`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","flush_ms":99}"#,
+                "`tracing.flush_ms`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","flush_ms":4294967296}"#,
+                "`tracing.flush_ms`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","sample":0.5}"#,
+                "unknown field `sample`",
+            ),
+            (r#""otel""#, "`tracing`"),
+        ];
+        for (tracing, expected) in cases {
+            let e = parse_err(&with_tracing(tracing));
+            assert!(e.contains(expected), "{tracing}: {e}");
+            if expected.starts_with("missing") || expected.starts_with("unknown") {
+                assert!(e.contains("`tracing`"), "{tracing}: {e}");
+            }
+        }
     }
 
     /// Every plugin configuration the repository ships (the standalone Envoy
