@@ -148,24 +148,6 @@ fn default_api_prefix() -> String {
 fn default_max_wait_ms() -> u64 {
     DEFAULT_MAX_WAIT_MS
 }
-fn default_otlp_path() -> String {
-    DEFAULT_OTLP_PATH.to_string()
-}
-fn default_service_name() -> String {
-    DEFAULT_SERVICE_NAME.to_string()
-}
-fn default_sample_ratio() -> f64 {
-    1.0
-}
-fn default_otlp_timeout_ms() -> u64 {
-    DEFAULT_OTLP_TIMEOUT_MS
-}
-fn default_max_batch() -> u64 {
-    DEFAULT_MAX_BATCH as u64
-}
-fn default_flush_ms() -> u64 {
-    DEFAULT_FLUSH_MS
-}
 
 /// The configuration exactly as written (before validation).
 #[derive(Debug, Deserialize)]
@@ -191,93 +173,98 @@ struct RawConfig {
     #[serde(default)]
     headers: Option<RawHeaderPolicy>,
     routes: Vec<RawRoute>,
+    /// Read by hand ([`parse_tracing`]): a derived parser for it would
+    /// add kilobytes to the Wasm module.
     #[serde(default)]
-    tracing: Option<RawTracing>,
+    tracing: Option<Value>,
 }
 
-/// The `tracing` object as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTracing {
-    otlp_cluster: String,
-    #[serde(default = "default_otlp_path")]
-    otlp_path: String,
-    #[serde(default)]
-    authority: Option<String>,
-    #[serde(default = "default_service_name")]
-    service_name: String,
-    #[serde(default = "default_sample_ratio")]
-    sample_ratio: f64,
-    #[serde(default = "default_otlp_timeout_ms")]
-    timeout_ms: u64,
-    #[serde(default = "default_max_batch")]
-    max_batch: u64,
-    #[serde(default = "default_flush_ms")]
-    flush_ms: u64,
-}
+/// The keys of the `tracing` object.
+const TRACING_KEYS: [&str; 8] = [
+    "otlp_cluster",
+    "otlp_path",
+    "authority",
+    "service_name",
+    "sample_ratio",
+    "timeout_ms",
+    "max_batch",
+    "flush_ms",
+];
 
-impl RawTracing {
-    fn validate(self) -> Result<TracingConfig, ConfigError> {
-        if self.otlp_cluster.trim().is_empty() {
-            return err(
-                "`tracing.otlp_cluster` must not be empty (the Envoy cluster of the \
-                 collector's OTLP/HTTP port)",
-            );
+/// Validates the `tracing` object (`null` is the same as absent, for it
+/// and for each of its keys).
+fn parse_tracing(value: Value) -> Result<Option<TracingConfig>, ConfigError> {
+    let fields = match value {
+        Value::Null => return Ok(None),
+        Value::Object(fields) => fields,
+        other => return err(format!("`tracing` must be a JSON object (got {other})")),
+    };
+    if let Some(key) = fields.keys().find(|k| !TRACING_KEYS.contains(&k.as_str())) {
+        return err(format!(
+            "`tracing`: unknown field `{key}`, expected one of `otlp_cluster`, `otlp_path`, \
+             `authority`, `service_name`, `sample_ratio`, `timeout_ms`, `max_batch`, `flush_ms`"
+        ));
+    }
+    let given = |key: &str| fields.get(key).filter(|v| !v.is_null());
+    let string = |key: &str| -> Result<Option<String>, ConfigError> {
+        match given(key) {
+            None => Ok(None),
+            Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.clone())),
+            Some(Value::String(_)) => err(format!("`tracing.{key}` must not be empty")),
+            Some(other) => err(format!("`tracing.{key}` must be a string (got {other})")),
         }
-        if !self.otlp_path.starts_with('/') {
-            return err(format!(
-                "`tracing.otlp_path` must start with '/' (got {:?})",
-                self.otlp_path
-            ));
-        }
-        let authority = match self.authority {
-            None => self.otlp_cluster.clone(),
-            Some(a) if !a.trim().is_empty() => a,
-            Some(_) => return err("`tracing.authority` must not be empty"),
+    };
+    let integer = |key: &str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
+        let Some(v) = given(key) else {
+            return Ok(default);
         };
-        if self.service_name.trim().is_empty() {
-            return err("`tracing.service_name` must not be empty");
+        match v.as_u64() {
+            Some(n) if (min..=max).contains(&n) => Ok(n),
+            _ => err(format!(
+                "`tracing.{key}` must be an integer from {min} to {max} (got {v})"
+            )),
         }
-        if !(0.0..=1.0).contains(&self.sample_ratio) {
-            return err(format!(
-                "`tracing.sample_ratio` must be between 0.0 and 1.0 (got {})",
-                self.sample_ratio
-            ));
-        }
-        if self.timeout_ms == 0 || self.timeout_ms > u64::from(u32::MAX) {
-            return err(format!(
-                "`tracing.timeout_ms` must be between 1 and {} (got {})",
-                u32::MAX,
-                self.timeout_ms
-            ));
-        }
-        let max_batch = match usize::try_from(self.max_batch) {
-            Ok(n @ 1..=MAX_MAX_BATCH) => n,
+    };
+    let Some(otlp_cluster) = string("otlp_cluster")? else {
+        return err(
+            "`tracing.otlp_cluster` is required (the Envoy cluster of the collector's \
+             OTLP/HTTP port)",
+        );
+    };
+    let otlp_path = string("otlp_path")?.unwrap_or_else(|| DEFAULT_OTLP_PATH.to_string());
+    if !otlp_path.starts_with('/') {
+        return err(format!(
+            "`tracing.otlp_path` must start with '/' (got {otlp_path:?})"
+        ));
+    }
+    let sample_ratio = match given("sample_ratio") {
+        None => 1.0,
+        Some(v) => match v.as_f64() {
+            Some(r) if (0.0..=1.0).contains(&r) => r,
             _ => {
                 return err(format!(
-                    "`tracing.max_batch` must be between 1 and {MAX_MAX_BATCH} (got {})",
-                    self.max_batch
+                    "`tracing.sample_ratio` must be a number from 0.0 to 1.0 (got {v})"
                 ))
             }
-        };
-        if self.flush_ms < MIN_FLUSH_MS || self.flush_ms > u64::from(u32::MAX) {
-            return err(format!(
-                "`tracing.flush_ms` must be between {MIN_FLUSH_MS} and {} (got {})",
-                u32::MAX,
-                self.flush_ms
-            ));
-        }
-        Ok(TracingConfig {
-            otlp_cluster: self.otlp_cluster,
-            otlp_path: self.otlp_path,
-            authority,
-            service_name: self.service_name,
-            sample_ratio: self.sample_ratio,
-            timeout_ms: self.timeout_ms,
-            max_batch,
-            flush_ms: self.flush_ms,
-        })
-    }
+        },
+    };
+    let max = u64::from(u32::MAX);
+    let max_batch = integer(
+        "max_batch",
+        DEFAULT_MAX_BATCH as u64,
+        1,
+        MAX_MAX_BATCH as u64,
+    )?;
+    Ok(Some(TracingConfig {
+        authority: string("authority")?.unwrap_or_else(|| otlp_cluster.clone()),
+        service_name: string("service_name")?.unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_string()),
+        timeout_ms: integer("timeout_ms", DEFAULT_OTLP_TIMEOUT_MS, 1, max)?,
+        max_batch: usize::try_from(max_batch).unwrap_or(DEFAULT_MAX_BATCH),
+        flush_ms: integer("flush_ms", DEFAULT_FLUSH_MS, MIN_FLUSH_MS, max)?,
+        otlp_cluster,
+        otlp_path,
+        sample_ratio,
+    }))
 }
 
 /// One route as written.
@@ -442,7 +429,10 @@ impl RawConfig {
         for (i, raw) in self.routes.into_iter().enumerate() {
             routes.push(raw.validate(i, self.max_wait_ms)?);
         }
-        let tracing = self.tracing.map(RawTracing::validate).transpose()?;
+        let tracing = match self.tracing {
+            Some(value) => parse_tracing(value)?,
+            None => None,
+        };
         Ok(Config {
             bridge_cluster: self.bridge_cluster,
             bridge_authority: self.bridge_authority,
@@ -605,7 +595,6 @@ fn describe_parse_error(bytes: &[u8], error: &serde_json::Error) -> ConfigError 
                 check::<u64>(field).map(|e| format!("`{key}`: {e}"))
             }
             "routes" => locate_route_error(field),
-            "tracing" => locate_tracing_error(field),
             _ => None,
         };
         if let Some(problem) = problem {
@@ -639,26 +628,6 @@ fn locate_route_error(routes: &Value) -> Option<String> {
         }
     }
     None
-}
-
-/// Names the `tracing` key whose value has the wrong type, or passes on
-/// serde's message (which names unknown and missing keys).
-fn locate_tracing_error(tracing: &Value) -> Option<String> {
-    if let Some(fields) = tracing.as_object() {
-        for (key, field) in fields {
-            let problem = match key.as_str() {
-                "otlp_cluster" | "otlp_path" | "service_name" => check::<String>(field),
-                "authority" => check::<Option<String>>(field),
-                "sample_ratio" => check::<f64>(field),
-                "timeout_ms" | "max_batch" | "flush_ms" => check::<u64>(field),
-                _ => None,
-            };
-            if let Some(e) = problem {
-                return Some(format!("`tracing.{key}`: {e}"));
-            }
-        }
-    }
-    check::<Option<RawTracing>>(tracing).map(|e| format!("`tracing`: {e}"))
 }
 
 fn check<T: DeserializeOwned>(value: &Value) -> Option<String> {
@@ -966,15 +935,25 @@ mod tests {
         assert_eq!(t.service_name, "edge");
         assert_eq!(t.sample_ratio, 0.25);
         assert_eq!((t.timeout_ms, t.max_batch, t.flush_ms), (300, 10, 200));
-        // Integers are ratios too.
-        let t = parse(&with_tracing(r#"{"otlp_cluster":"o","sample_ratio":0}"#)).unwrap();
-        assert_eq!(t.tracing.unwrap().sample_ratio, 0.0);
+        // Integers are ratios too; null is the default.
+        let t = parse(&with_tracing(
+            r#"{"otlp_cluster":"o","sample_ratio":0,"authority":null,"max_batch":null}"#,
+        ))
+        .unwrap()
+        .tracing
+        .unwrap();
+        assert_eq!(t.sample_ratio, 0.0);
+        assert_eq!((t.authority.as_str(), t.max_batch), ("o", 256));
     }
 
     #[test]
     fn tracing_errors_name_the_key() {
         let cases = [
-            (r#"{}"#, "missing field `otlp_cluster`"),
+            (r#"{}"#, "`tracing.otlp_cluster` is required"),
+            (
+                r#"{"otlp_cluster":null}"#,
+                "`tracing.otlp_cluster` is required",
+            ),
             (r#"{"otlp_cluster":""}"#, "`tracing.otlp_cluster`"),
             (r#"{"otlp_cluster":7}"#, "`tracing.otlp_cluster`"),
             (
@@ -1041,13 +1020,18 @@ mod tests {
                 r#"{"otlp_cluster":"o","sample":0.5}"#,
                 "unknown field `sample`",
             ),
-            (r#""otel""#, "`tracing`"),
+            (
+                r#"{"otlp_cluster":"o","flush_ms":1.5}"#,
+                "`tracing.flush_ms`",
+            ),
+            (r#""otel""#, "`tracing` must be a JSON object"),
+            (r#"[]"#, "`tracing` must be a JSON object"),
         ];
         for (tracing, expected) in cases {
             let e = parse_err(&with_tracing(tracing));
             assert!(e.contains(expected), "{tracing}: {e}");
-            if expected.starts_with("missing") || expected.starts_with("unknown") {
-                assert!(e.contains("`tracing`"), "{tracing}: {e}");
+            if expected.starts_with("unknown") {
+                assert!(e.contains("`tracing`: "), "{tracing}: {e}");
             }
         }
     }
