@@ -16,9 +16,12 @@ use std::mem;
 use std::rc::Rc;
 use std::time::Duration;
 
+use openhqm_trace::Span;
+
 use crate::config::Config;
 use crate::frame::{encode_frame, FrameMeta};
 use crate::routes::{split_path, FailurePolicy, Mode, RequestInfo, Route};
+use crate::spans::{Captured, Outcome, RequestTrace};
 
 /// Bridge endpoint that receives capture frames.
 pub const CAPTURE_PATH: &str = "/internal/v1/capture";
@@ -112,6 +115,12 @@ pub trait Host {
     /// Count a request of `route` served synchronously because the bridge
     /// failed (the `passthrough` policy).
     fn count_passthrough(&mut self, route: &str);
+    /// Fills `buf` with random bytes (the source of the UUIDs too).
+    fn random_bytes(&mut self, buf: &mut [u8]);
+    /// The host's clock, in nanoseconds since the Unix epoch.
+    fn now_unix_nanos(&mut self) -> u64;
+    /// A finished, sampled span to export; must not block.
+    fn export_span(&mut self, span: Span);
 }
 
 /// The `:status` of a response header list, when it is a 3-digit number.
@@ -243,6 +252,9 @@ enum State {
 pub struct HttpFilter {
     config: Rc<Config>,
     state: State,
+    /// A captured request's trace (with `tracing` configured) until the
+    /// client's answer is decided.
+    trace: Option<Box<RequestTrace>>,
 }
 
 impl HttpFilter {
@@ -251,7 +263,33 @@ impl HttpFilter {
         HttpFilter {
             config,
             state: State::New,
+            trace: None,
         }
+    }
+
+    /// Ends the captured request's span (if one is open): the client's
+    /// answer is decided.
+    fn end_trace<H: Host>(
+        &mut self,
+        host: &mut H,
+        status: Option<u32>,
+        outcome: Outcome,
+        error: Option<String>,
+    ) {
+        if let Some(trace) = self.trace.take() {
+            trace.finish(host, status, outcome, error);
+        }
+    }
+
+    /// The request is over (Proxy-Wasm `on_done`). A span still open means
+    /// the client went away before its answer was decided.
+    pub fn on_done<H: Host>(&mut self, host: &mut H) {
+        self.end_trace(
+            host,
+            None,
+            Outcome::Cancelled,
+            Some("the client went away before its answer".to_string()),
+        );
     }
 
     /// Whether this request is left alone (not captured, not relayed).
@@ -285,6 +323,12 @@ impl HttpFilter {
                  `allow_on_headers_stop_iteration: true` in the Wasm plugin config (Envoy >= 1.35)",
                 pending.correlation_id
             ),
+        );
+        self.end_trace(
+            host,
+            Some(500),
+            Outcome::Rejected,
+            Some("the request body never reached the filter".to_string()),
         );
         let headers = [
             ("content-type", JSON),
@@ -353,6 +397,18 @@ impl HttpFilter {
             LogLevel::Debug,
             &format!("openhqm: capturing {method} {path} as {correlation_id}"),
         );
+        if let Some(tracing) = &config.tracing {
+            let captured = Captured {
+                method,
+                path,
+                route: &route.name,
+                correlation_id: &correlation_id,
+            };
+            let inbound = header_str(&headers, "traceparent");
+            self.trace = Some(Box::new(RequestTrace::start(
+                host, tracing, inbound, &captured,
+            )));
+        }
         let declared = header_str(&headers, "content-length")
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(0);
@@ -440,6 +496,7 @@ impl HttpFilter {
                 return;
             }
         };
+        let config = Rc::clone(&self.config);
         let correlation_id = capture.as_ref().map(|(id, _, _)| id.clone());
         let headers = if num_headers > 0 {
             host.call_response_headers()
@@ -470,10 +527,15 @@ impl HttpFilter {
                         }
                     }
                 }
-                out.push((self.config.correlation_header.as_str(), id));
+                out.push((config.correlation_header.as_str(), id));
                 if let Some(applied) = applied {
                     out.push(("preference-applied", applied));
                 }
+                if let Some(trace) = &mut self.trace {
+                    trace.set_correlation_id(id);
+                }
+                let error = (status >= 500).then(|| format!("the backend answered {status}"));
+                self.end_trace(host, Some(status), Outcome::Relayed, error);
                 host.send_response(status, &out, &body);
                 return;
             }
@@ -491,11 +553,20 @@ impl HttpFilter {
                     .filter_map(|name| header_str(&headers, name).map(|v| (*name, v)))
                     .collect();
                 if let Some(id) = id {
-                    out.push((self.config.correlation_header.as_str(), id));
+                    out.push((config.correlation_header.as_str(), id));
                 }
                 if let Some((_, _, Some(applied))) = &capture {
                     out.push(("preference-applied", applied));
                 }
+                if let (Some(trace), Some(id)) = (&mut self.trace, id) {
+                    trace.set_correlation_id(id);
+                }
+                let outcome = if status < 300 {
+                    Outcome::Accepted
+                } else {
+                    Outcome::Rejected
+                };
+                self.end_trace(host, Some(status), outcome, None);
                 host.send_response(status, &out, &body);
             }
             _ => {
@@ -508,7 +579,10 @@ impl HttpFilter {
                     ),
                 );
                 match &capture {
-                    Some((id, route, _)) => self.bridge_failed(host, id, *route),
+                    Some((id, route, _)) => {
+                        let reason = format!("bridge call failed (status {status})");
+                        self.bridge_failed(host, id, *route, reason);
+                    }
                     None => self.reply_unavailable(host, None),
                 }
             }
@@ -596,6 +670,7 @@ impl HttpFilter {
             .partition_key_header
             .as_deref()
             .and_then(|name| header_str(&pending.headers, name));
+        let traceparent = self.trace.as_ref().map(|trace| trace.traceparent());
         let meta = FrameMeta {
             correlation_id: id,
             method: &pending.method,
@@ -608,6 +683,7 @@ impl HttpFilter {
             priority: route.priority.as_deref(),
             partition_key,
             wait_ms: pending.wait_ms,
+            traceparent: traceparent.as_deref(),
         };
         let frame = match encode_frame(&meta, body) {
             Ok(frame) => frame,
@@ -648,17 +724,26 @@ impl HttpFilter {
                         config.bridge_cluster
                     ),
                 );
-                self.bridge_failed(host, id, pending.route);
+                let reason = format!("bridge call failed: {e}");
+                self.bridge_failed(host, id, pending.route, reason);
             }
         }
     }
 
     /// The bridge could not take a captured request: the route's policy says
     /// whether the client gets 503 or the app serves it synchronously.
-    fn bridge_failed<H: Host>(&mut self, host: &mut H, correlation_id: &str, route: usize) {
+    /// `reason` is the span's error message.
+    fn bridge_failed<H: Host>(
+        &mut self,
+        host: &mut H,
+        correlation_id: &str,
+        route: usize,
+        reason: String,
+    ) {
         let config = Rc::clone(&self.config);
         match config.routes.routes().get(route) {
             Some(r) if r.on_bridge_failure == FailurePolicy::Passthrough => {
+                self.end_trace(host, None, Outcome::Passthrough, Some(reason));
                 host.log(
                     LogLevel::Warn,
                     &format!(
@@ -670,12 +755,21 @@ impl HttpFilter {
                 self.state = State::PassThrough;
                 host.resume_request();
             }
-            _ => self.reply_unavailable(host, Some(correlation_id)),
+            _ => {
+                self.end_trace(host, Some(503), Outcome::Rejected, Some(reason));
+                self.reply_unavailable(host, Some(correlation_id));
+            }
         }
     }
 
     fn reply_unavailable<H: Host>(&mut self, host: &mut H, correlation_id: Option<&str>) {
         self.state = State::Done;
+        self.end_trace(
+            host,
+            Some(503),
+            Outcome::Rejected,
+            Some("the request could not be handed to the bridge".to_string()),
+        );
         let retry_after = self.config.retry_after_seconds.to_string();
         let mut headers = vec![
             ("content-type", JSON),
@@ -689,6 +783,7 @@ impl HttpFilter {
 
     fn reply_too_large<H: Host>(&mut self, host: &mut H, correlation_id: &str) {
         self.state = State::Done;
+        self.end_trace(host, Some(413), Outcome::Rejected, None);
         let body = format!(
             r#"{{"error":"payload_too_large","detail":"request body exceeds {} bytes"}}"#,
             self.config.max_body_bytes
@@ -764,6 +859,12 @@ mod tests {
         uuids: u32,
         resumed: bool,
         passthrough: Vec<String>,
+        /// Next byte `random_bytes` hands out (counts up, so ids are
+        /// predictable and distinct).
+        random: u8,
+        /// The clock, in nanoseconds since the epoch.
+        now: u64,
+        spans: Vec<Span>,
     }
 
     impl FakeHost {
@@ -784,6 +885,9 @@ mod tests {
                 uuids: 0,
                 resumed: false,
                 passthrough: Vec::new(),
+                random: 1,
+                now: 1_700_000_000_000_000_000,
+                spans: Vec::new(),
             }
         }
 
@@ -875,6 +979,18 @@ mod tests {
         }
         fn count_passthrough(&mut self, route: &str) {
             self.passthrough.push(route.to_string());
+        }
+        fn random_bytes(&mut self, buf: &mut [u8]) {
+            for b in buf {
+                *b = self.random;
+                self.random = self.random.wrapping_add(1);
+            }
+        }
+        fn now_unix_nanos(&mut self) -> u64 {
+            self.now
+        }
+        fn export_span(&mut self, span: Span) {
+            self.spans.push(span);
         }
     }
 
