@@ -23,9 +23,23 @@ pub const DEFAULT_RETRY_AFTER_SECONDS: u64 = 2;
 pub const DEFAULT_API_PREFIX: &str = "/api/v1";
 /// Default cap on a client's `Prefer: wait=N` for relayed lookups (30 s).
 pub const DEFAULT_MAX_WAIT_MS: u64 = 30_000;
+/// Default OTLP/HTTP traces path of the collector.
+pub const DEFAULT_OTLP_PATH: &str = "/v1/traces";
+/// Default `service.name` of the filter's spans.
+pub const DEFAULT_SERVICE_NAME: &str = "openhqm-filter";
+/// Default timeout of one export call.
+pub const DEFAULT_OTLP_TIMEOUT_MS: u64 = 1000;
+/// Default number of spans per export call.
+pub const DEFAULT_MAX_BATCH: usize = 256;
+/// Largest `tracing.max_batch`: the per-VM span buffer holds four batches.
+pub const MAX_MAX_BATCH: usize = 4096;
+/// Default time between exports.
+pub const DEFAULT_FLUSH_MS: u64 = 1000;
+/// Smallest `tracing.flush_ms` (it sets the root context's tick).
+pub const MIN_FLUSH_MS: u64 = 100;
 
 /// The validated plugin configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Envoy cluster name of the bridge.
     pub bridge_cluster: String,
@@ -50,6 +64,38 @@ pub struct Config {
     pub header_policy: HeaderPolicy,
     /// Capture routes, first match wins.
     pub routes: RouteTable,
+    /// Span export of captured requests; `None`: no spans, the inbound
+    /// `traceparent` travels unchanged with the request's headers.
+    pub tracing: Option<TracingConfig>,
+}
+
+/// Where and how the filter exports its spans (OTLP/HTTP JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingConfig {
+    /// Envoy cluster of the OpenTelemetry collector's OTLP/HTTP port.
+    pub otlp_cluster: String,
+    /// Path of the traces endpoint (starts with '/').
+    pub otlp_path: String,
+    /// `:authority` of export calls.
+    pub authority: String,
+    /// `service.name` resource attribute.
+    pub service_name: String,
+    /// Share of new traces recorded (0.0..=1.0) when the request brings no
+    /// valid `traceparent`; an inbound one's sampled flag is obeyed.
+    pub sample_ratio: f64,
+    /// Timeout of one export call, in milliseconds (1..=u32::MAX).
+    pub timeout_ms: u64,
+    /// Spans per export call; reaching it triggers an export.
+    pub max_batch: usize,
+    /// Time between exports, in milliseconds.
+    pub flush_ms: u64,
+}
+
+impl TracingConfig {
+    /// Most spans a VM holds waiting for export; more are dropped.
+    pub fn buffer_limit(&self) -> usize {
+        self.max_batch.saturating_mul(4)
+    }
 }
 
 /// Which request headers are carried to the backend (lower-case names):
@@ -127,6 +173,98 @@ struct RawConfig {
     #[serde(default)]
     headers: Option<RawHeaderPolicy>,
     routes: Vec<RawRoute>,
+    /// Read by hand ([`parse_tracing`]): a derived parser for it would
+    /// add kilobytes to the Wasm module.
+    #[serde(default)]
+    tracing: Option<Value>,
+}
+
+/// The keys of the `tracing` object.
+const TRACING_KEYS: [&str; 8] = [
+    "otlp_cluster",
+    "otlp_path",
+    "authority",
+    "service_name",
+    "sample_ratio",
+    "timeout_ms",
+    "max_batch",
+    "flush_ms",
+];
+
+/// Validates the `tracing` object (`null` is the same as absent, for it
+/// and for each of its keys).
+fn parse_tracing(value: Value) -> Result<Option<TracingConfig>, ConfigError> {
+    let fields = match value {
+        Value::Null => return Ok(None),
+        Value::Object(fields) => fields,
+        other => return err(format!("`tracing` must be a JSON object (got {other})")),
+    };
+    if let Some(key) = fields.keys().find(|k| !TRACING_KEYS.contains(&k.as_str())) {
+        return err(format!(
+            "`tracing`: unknown field `{key}`, expected one of `otlp_cluster`, `otlp_path`, \
+             `authority`, `service_name`, `sample_ratio`, `timeout_ms`, `max_batch`, `flush_ms`"
+        ));
+    }
+    let given = |key: &str| fields.get(key).filter(|v| !v.is_null());
+    let string = |key: &str| -> Result<Option<String>, ConfigError> {
+        match given(key) {
+            None => Ok(None),
+            Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.clone())),
+            Some(Value::String(_)) => err(format!("`tracing.{key}` must not be empty")),
+            Some(other) => err(format!("`tracing.{key}` must be a string (got {other})")),
+        }
+    };
+    let integer = |key: &str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
+        let Some(v) = given(key) else {
+            return Ok(default);
+        };
+        match v.as_u64() {
+            Some(n) if (min..=max).contains(&n) => Ok(n),
+            _ => err(format!(
+                "`tracing.{key}` must be an integer from {min} to {max} (got {v})"
+            )),
+        }
+    };
+    let Some(otlp_cluster) = string("otlp_cluster")? else {
+        return err(
+            "`tracing.otlp_cluster` is required (the Envoy cluster of the collector's \
+             OTLP/HTTP port)",
+        );
+    };
+    let otlp_path = string("otlp_path")?.unwrap_or_else(|| DEFAULT_OTLP_PATH.to_string());
+    if !otlp_path.starts_with('/') {
+        return err(format!(
+            "`tracing.otlp_path` must start with '/' (got {otlp_path:?})"
+        ));
+    }
+    let sample_ratio = match given("sample_ratio") {
+        None => 1.0,
+        Some(v) => match v.as_f64() {
+            Some(r) if (0.0..=1.0).contains(&r) => r,
+            _ => {
+                return err(format!(
+                    "`tracing.sample_ratio` must be a number from 0.0 to 1.0 (got {v})"
+                ))
+            }
+        },
+    };
+    let max = u64::from(u32::MAX);
+    let max_batch = integer(
+        "max_batch",
+        DEFAULT_MAX_BATCH as u64,
+        1,
+        MAX_MAX_BATCH as u64,
+    )?;
+    Ok(Some(TracingConfig {
+        authority: string("authority")?.unwrap_or_else(|| otlp_cluster.clone()),
+        service_name: string("service_name")?.unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_string()),
+        timeout_ms: integer("timeout_ms", DEFAULT_OTLP_TIMEOUT_MS, 1, max)?,
+        max_batch: usize::try_from(max_batch).unwrap_or(DEFAULT_MAX_BATCH),
+        flush_ms: integer("flush_ms", DEFAULT_FLUSH_MS, MIN_FLUSH_MS, max)?,
+        otlp_cluster,
+        otlp_path,
+        sample_ratio,
+    }))
 }
 
 /// One route as written.
@@ -291,6 +429,10 @@ impl RawConfig {
         for (i, raw) in self.routes.into_iter().enumerate() {
             routes.push(raw.validate(i, self.max_wait_ms)?);
         }
+        let tracing = match self.tracing {
+            Some(value) => parse_tracing(value)?,
+            None => None,
+        };
         Ok(Config {
             bridge_cluster: self.bridge_cluster,
             bridge_authority: self.bridge_authority,
@@ -303,6 +445,7 @@ impl RawConfig {
             trust_inbound_correlation: self.trust_inbound_correlation,
             header_policy,
             routes: RouteTable::new(routes),
+            tracing,
         })
     }
 }
@@ -737,6 +880,160 @@ mod tests {
         assert!(e
             .to_string()
             .starts_with("invalid openhqm filter configuration: "));
+    }
+
+    fn with_tracing(tracing: &str) -> String {
+        format!(r#"{{"bridge_cluster":"b","routes":[],"tracing":{tracing}}}"#)
+    }
+
+    #[test]
+    fn tracing_is_off_unless_configured() {
+        assert_eq!(
+            parse(r#"{"bridge_cluster":"b","routes":[]}"#)
+                .unwrap()
+                .tracing,
+            None
+        );
+        let c = parse(r#"{"bridge_cluster":"b","routes":[],"tracing":null}"#).unwrap();
+        assert_eq!(c.tracing, None);
+    }
+
+    #[test]
+    fn tracing_defaults() {
+        let t = parse(&with_tracing(r#"{"otlp_cluster":"otel"}"#))
+            .unwrap()
+            .tracing
+            .unwrap();
+        assert_eq!(
+            t,
+            TracingConfig {
+                otlp_cluster: "otel".into(),
+                otlp_path: "/v1/traces".into(),
+                authority: "otel".into(),
+                service_name: "openhqm-filter".into(),
+                sample_ratio: 1.0,
+                timeout_ms: 1000,
+                max_batch: 256,
+                flush_ms: 1000,
+            }
+        );
+        assert_eq!(t.buffer_limit(), 1024);
+    }
+
+    #[test]
+    fn tracing_with_every_key() {
+        let t = parse(&with_tracing(
+            r#"{"otlp_cluster":"otel","otlp_path":"/otlp/v1/traces","authority":"collector:4318",
+                "service_name":"edge","sample_ratio":0.25,"timeout_ms":300,"max_batch":10,
+                "flush_ms":200}"#,
+        ))
+        .unwrap()
+        .tracing
+        .unwrap();
+        assert_eq!(t.otlp_path, "/otlp/v1/traces");
+        assert_eq!(t.authority, "collector:4318");
+        assert_eq!(t.service_name, "edge");
+        assert_eq!(t.sample_ratio, 0.25);
+        assert_eq!((t.timeout_ms, t.max_batch, t.flush_ms), (300, 10, 200));
+        // Integers are ratios too; null is the default.
+        let t = parse(&with_tracing(
+            r#"{"otlp_cluster":"o","sample_ratio":0,"authority":null,"max_batch":null}"#,
+        ))
+        .unwrap()
+        .tracing
+        .unwrap();
+        assert_eq!(t.sample_ratio, 0.0);
+        assert_eq!((t.authority.as_str(), t.max_batch), ("o", 256));
+    }
+
+    #[test]
+    fn tracing_errors_name_the_key() {
+        let cases = [
+            (r#"{}"#, "`tracing.otlp_cluster` is required"),
+            (
+                r#"{"otlp_cluster":null}"#,
+                "`tracing.otlp_cluster` is required",
+            ),
+            (r#"{"otlp_cluster":""}"#, "`tracing.otlp_cluster`"),
+            (r#"{"otlp_cluster":7}"#, "`tracing.otlp_cluster`"),
+            (
+                r#"{"otlp_cluster":"o","otlp_path":"v1/traces"}"#,
+                "`tracing.otlp_path`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","authority":" "}"#,
+                "`tracing.authority`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","authority":1}"#,
+                "`tracing.authority`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","service_name":""}"#,
+                "`tracing.service_name`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","sample_ratio":1.5}"#,
+                "`tracing.sample_ratio`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","sample_ratio":-0.1}"#,
+                "`tracing.sample_ratio`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","sample_ratio":"all"}"#,
+                "`tracing.sample_ratio`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","timeout_ms":0}"#,
+                "`tracing.timeout_ms`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","timeout_ms":4294967296}"#,
+                "`tracing.timeout_ms`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","timeout_ms":"1s"}"#,
+                "`tracing.timeout_ms`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","max_batch":0}"#,
+                "`tracing.max_batch`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","max_batch":4097}"#,
+                "`tracing.max_batch`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","max_batch":-1}"#,
+                "`tracing.max_batch`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","flush_ms":99}"#,
+                "`tracing.flush_ms`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","flush_ms":4294967296}"#,
+                "`tracing.flush_ms`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","sample":0.5}"#,
+                "unknown field `sample`",
+            ),
+            (
+                r#"{"otlp_cluster":"o","flush_ms":1.5}"#,
+                "`tracing.flush_ms`",
+            ),
+            (r#""otel""#, "`tracing` must be a JSON object"),
+            (r#"[]"#, "`tracing` must be a JSON object"),
+        ];
+        for (tracing, expected) in cases {
+            let e = parse_err(&with_tracing(tracing));
+            assert!(e.contains(expected), "{tracing}: {e}");
+            if expected.starts_with("unknown") {
+                assert!(e.contains("`tracing`: "), "{tracing}: {e}");
+            }
+        }
     }
 
     /// Every plugin configuration the repository ships (the standalone Envoy

@@ -11,7 +11,9 @@
 //! characters inside strings are escaped), one `\n`, then the request body
 //! byte-exact. `query` and `authority` are omitted when absent, `headers_b64`
 //! when empty. Header values that are not UTF-8 travel base64-encoded
-//! (standard alphabet, padded) in `headers_b64`.
+//! (standard alphabet, padded) in `headers_b64`. `traceparent` (omitted
+//! unless the filter traces) is the W3C context of the filter's span; the
+//! bridge prefers it to a `traceparent` among `headers`.
 
 use serde::Serialize;
 
@@ -55,6 +57,10 @@ pub struct FrameMeta<'a> {
     pub partition_key: Option<&'a str>,
     /// How long the client waits for the backend's answer; 0 = async.
     pub wait_ms: u64,
+    /// W3C `traceparent` naming the filter's span as the parent of the
+    /// bridge's (only when tracing is configured; otherwise the inbound
+    /// header, if any, travels in `headers` as before).
+    pub traceparent: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -79,6 +85,8 @@ struct FrameHeader<'a> {
     partition_key: Option<&'a str>,
     #[serde(skip_serializing_if = "is_zero")]
     wait_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<&'a str>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -120,6 +128,7 @@ pub fn encode_frame(meta: &FrameMeta<'_>, body: &[u8]) -> Result<Vec<u8>, serde_
         priority: meta.priority,
         partition_key: meta.partition_key,
         wait_ms: meta.wait_ms,
+        traceparent: meta.traceparent,
     };
     let mut frame = serde_json::to_vec(&header)?;
     frame.reserve_exact(body.len().saturating_add(1));
@@ -255,6 +264,7 @@ mod tests {
             priority: None,
             partition_key: None,
             wait_ms: 0,
+            traceparent: None,
         };
         let body = b"{\"item\":1}\n\nsecond line";
         let frame = encode_frame(&meta, body).unwrap();
@@ -286,6 +296,7 @@ mod tests {
             priority: None,
             partition_key: None,
             wait_ms: 0,
+            traceparent: None,
         };
         let frame = encode_frame(&meta, &body).unwrap();
         let (json, rest) = decode(&frame);
@@ -315,6 +326,7 @@ mod tests {
             priority: None,
             partition_key: None,
             wait_ms: 0,
+            traceparent: None,
         };
         let frame = encode_frame(&meta, b"").unwrap();
         assert_eq!(frame.last(), Some(&b'\n'));
@@ -343,6 +355,7 @@ mod tests {
             priority: None,
             partition_key: None,
             wait_ms: 0,
+            traceparent: None,
         };
         let frame = encode_frame(&meta, b"").unwrap();
         let (json, _) = decode(&frame);
@@ -372,6 +385,7 @@ mod tests {
             priority: None,
             partition_key: None,
             wait_ms: 0,
+            traceparent: None,
         };
         let frame = encode_frame(&meta, b"body").unwrap();
         assert_eq!(frame.iter().filter(|b| **b == b'\n').count(), 1);
@@ -408,12 +422,21 @@ mod tests {
             priority: None,
             partition_key: None,
             wait_ms: 0,
+            traceparent: None,
         };
         let (json, _) = decode(&encode_frame(&meta, b"").unwrap());
         assert_eq!(
             json["headers"],
             json!([["x-keep", "1"], ["traceparent", "00-abc-def-01"]])
         );
+        assert!(json.get("traceparent").is_none());
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let traced = FrameMeta {
+            traceparent: Some(tp),
+            ..meta
+        };
+        let (json, _) = decode(&encode_frame(&traced, b"").unwrap());
+        assert_eq!(json["traceparent"], tp);
         assert!(is_forwarded_header("content-type"));
         assert!(!is_forwarded_header("Content-Length"));
         assert!(!is_forwarded_header(":status"));

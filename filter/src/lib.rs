@@ -37,6 +37,7 @@ pub mod config;
 pub mod frame;
 pub mod logic;
 pub mod routes;
+pub mod spans;
 
 #[cfg(target_arch = "wasm32")]
 mod wasm;

@@ -16,9 +16,12 @@ use std::mem;
 use std::rc::Rc;
 use std::time::Duration;
 
+use openhqm_trace::Span;
+
 use crate::config::Config;
 use crate::frame::{encode_frame, FrameMeta};
 use crate::routes::{split_path, FailurePolicy, Mode, RequestInfo, Route};
+use crate::spans::{Captured, Outcome, RequestTrace};
 
 /// Bridge endpoint that receives capture frames.
 pub const CAPTURE_PATH: &str = "/internal/v1/capture";
@@ -112,6 +115,12 @@ pub trait Host {
     /// Count a request of `route` served synchronously because the bridge
     /// failed (the `passthrough` policy).
     fn count_passthrough(&mut self, route: &str);
+    /// Fills `buf` with random bytes (the source of the UUIDs too).
+    fn random_bytes(&mut self, buf: &mut [u8]);
+    /// The host's clock, in nanoseconds since the Unix epoch.
+    fn now_unix_nanos(&mut self) -> u64;
+    /// A finished, sampled span to export; must not block.
+    fn export_span(&mut self, span: Span);
 }
 
 /// The `:status` of a response header list, when it is a 3-digit number.
@@ -243,6 +252,9 @@ enum State {
 pub struct HttpFilter {
     config: Rc<Config>,
     state: State,
+    /// A captured request's trace (with `tracing` configured) until the
+    /// client's answer is decided.
+    trace: Option<Box<RequestTrace>>,
 }
 
 impl HttpFilter {
@@ -251,7 +263,33 @@ impl HttpFilter {
         HttpFilter {
             config,
             state: State::New,
+            trace: None,
         }
+    }
+
+    /// Ends the captured request's span (if one is open): the client's
+    /// answer is decided.
+    fn end_trace<H: Host>(
+        &mut self,
+        host: &mut H,
+        status: Option<u32>,
+        outcome: Outcome,
+        error: Option<String>,
+    ) {
+        if let Some(trace) = self.trace.take() {
+            trace.finish(host, status, outcome, error);
+        }
+    }
+
+    /// The request is over (Proxy-Wasm `on_done`). A span still open means
+    /// the client went away before its answer was decided.
+    pub fn on_done<H: Host>(&mut self, host: &mut H) {
+        self.end_trace(
+            host,
+            None,
+            Outcome::Cancelled,
+            Some("the client went away before its answer".to_string()),
+        );
     }
 
     /// Whether this request is left alone (not captured, not relayed).
@@ -285,6 +323,12 @@ impl HttpFilter {
                  `allow_on_headers_stop_iteration: true` in the Wasm plugin config (Envoy >= 1.35)",
                 pending.correlation_id
             ),
+        );
+        self.end_trace(
+            host,
+            Some(500),
+            Outcome::Rejected,
+            Some("the request body never reached the filter".to_string()),
         );
         let headers = [
             ("content-type", JSON),
@@ -353,6 +397,18 @@ impl HttpFilter {
             LogLevel::Debug,
             &format!("openhqm: capturing {method} {path} as {correlation_id}"),
         );
+        if let Some(tracing) = &config.tracing {
+            let captured = Captured {
+                method,
+                path,
+                route: &route.name,
+                correlation_id: &correlation_id,
+            };
+            let inbound = header_str(&headers, "traceparent");
+            self.trace = Some(Box::new(RequestTrace::start(
+                host, tracing, inbound, &captured,
+            )));
+        }
         let declared = header_str(&headers, "content-length")
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(0);
@@ -440,6 +496,7 @@ impl HttpFilter {
                 return;
             }
         };
+        let config = Rc::clone(&self.config);
         let correlation_id = capture.as_ref().map(|(id, _, _)| id.clone());
         let headers = if num_headers > 0 {
             host.call_response_headers()
@@ -470,10 +527,15 @@ impl HttpFilter {
                         }
                     }
                 }
-                out.push((self.config.correlation_header.as_str(), id));
+                out.push((config.correlation_header.as_str(), id));
                 if let Some(applied) = applied {
                     out.push(("preference-applied", applied));
                 }
+                if let Some(trace) = &mut self.trace {
+                    trace.set_correlation_id(id);
+                }
+                let error = (status >= 500).then(|| format!("the backend answered {status}"));
+                self.end_trace(host, Some(status), Outcome::Relayed, error);
                 host.send_response(status, &out, &body);
                 return;
             }
@@ -491,11 +553,20 @@ impl HttpFilter {
                     .filter_map(|name| header_str(&headers, name).map(|v| (*name, v)))
                     .collect();
                 if let Some(id) = id {
-                    out.push((self.config.correlation_header.as_str(), id));
+                    out.push((config.correlation_header.as_str(), id));
                 }
                 if let Some((_, _, Some(applied))) = &capture {
                     out.push(("preference-applied", applied));
                 }
+                if let (Some(trace), Some(id)) = (&mut self.trace, id) {
+                    trace.set_correlation_id(id);
+                }
+                let outcome = if status < 300 {
+                    Outcome::Accepted
+                } else {
+                    Outcome::Rejected
+                };
+                self.end_trace(host, Some(status), outcome, None);
                 host.send_response(status, &out, &body);
             }
             _ => {
@@ -508,7 +579,10 @@ impl HttpFilter {
                     ),
                 );
                 match &capture {
-                    Some((id, route, _)) => self.bridge_failed(host, id, *route),
+                    Some((id, route, _)) => {
+                        let reason = format!("bridge call failed (status {status})");
+                        self.bridge_failed(host, id, *route, reason);
+                    }
                     None => self.reply_unavailable(host, None),
                 }
             }
@@ -596,6 +670,7 @@ impl HttpFilter {
             .partition_key_header
             .as_deref()
             .and_then(|name| header_str(&pending.headers, name));
+        let traceparent = self.trace.as_ref().map(|trace| trace.traceparent());
         let meta = FrameMeta {
             correlation_id: id,
             method: &pending.method,
@@ -608,6 +683,7 @@ impl HttpFilter {
             priority: route.priority.as_deref(),
             partition_key,
             wait_ms: pending.wait_ms,
+            traceparent: traceparent.as_deref(),
         };
         let frame = match encode_frame(&meta, body) {
             Ok(frame) => frame,
@@ -648,17 +724,26 @@ impl HttpFilter {
                         config.bridge_cluster
                     ),
                 );
-                self.bridge_failed(host, id, pending.route);
+                let reason = format!("bridge call failed: {e}");
+                self.bridge_failed(host, id, pending.route, reason);
             }
         }
     }
 
     /// The bridge could not take a captured request: the route's policy says
     /// whether the client gets 503 or the app serves it synchronously.
-    fn bridge_failed<H: Host>(&mut self, host: &mut H, correlation_id: &str, route: usize) {
+    /// `reason` is the span's error message.
+    fn bridge_failed<H: Host>(
+        &mut self,
+        host: &mut H,
+        correlation_id: &str,
+        route: usize,
+        reason: String,
+    ) {
         let config = Rc::clone(&self.config);
         match config.routes.routes().get(route) {
             Some(r) if r.on_bridge_failure == FailurePolicy::Passthrough => {
+                self.end_trace(host, None, Outcome::Passthrough, Some(reason));
                 host.log(
                     LogLevel::Warn,
                     &format!(
@@ -670,12 +755,21 @@ impl HttpFilter {
                 self.state = State::PassThrough;
                 host.resume_request();
             }
-            _ => self.reply_unavailable(host, Some(correlation_id)),
+            _ => {
+                self.end_trace(host, Some(503), Outcome::Rejected, Some(reason));
+                self.reply_unavailable(host, Some(correlation_id));
+            }
         }
     }
 
     fn reply_unavailable<H: Host>(&mut self, host: &mut H, correlation_id: Option<&str>) {
         self.state = State::Done;
+        self.end_trace(
+            host,
+            Some(503),
+            Outcome::Rejected,
+            Some("the request could not be handed to the bridge".to_string()),
+        );
         let retry_after = self.config.retry_after_seconds.to_string();
         let mut headers = vec![
             ("content-type", JSON),
@@ -689,6 +783,7 @@ impl HttpFilter {
 
     fn reply_too_large<H: Host>(&mut self, host: &mut H, correlation_id: &str) {
         self.state = State::Done;
+        self.end_trace(host, Some(413), Outcome::Rejected, None);
         let body = format!(
             r#"{{"error":"payload_too_large","detail":"request body exceeds {} bytes"}}"#,
             self.config.max_body_bytes
@@ -719,6 +814,7 @@ fn exceeds(size: usize, limit: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use openhqm_trace::{AttrValue, SpanKind, SpanStatus};
     use serde_json::{json, Value};
 
     #[derive(Debug, Clone, PartialEq)]
@@ -764,6 +860,12 @@ mod tests {
         uuids: u32,
         resumed: bool,
         passthrough: Vec<String>,
+        /// Next byte `random_bytes` hands out (counts up, so ids are
+        /// predictable and distinct).
+        random: u8,
+        /// The clock, in nanoseconds since the epoch.
+        now: u64,
+        spans: Vec<Span>,
     }
 
     impl FakeHost {
@@ -784,6 +886,9 @@ mod tests {
                 uuids: 0,
                 resumed: false,
                 passthrough: Vec::new(),
+                random: 1,
+                now: 1_700_000_000_000_000_000,
+                spans: Vec::new(),
             }
         }
 
@@ -875,6 +980,18 @@ mod tests {
         }
         fn count_passthrough(&mut self, route: &str) {
             self.passthrough.push(route.to_string());
+        }
+        fn random_bytes(&mut self, buf: &mut [u8]) {
+            for b in buf {
+                *b = self.random;
+                self.random = self.random.wrapping_add(1);
+            }
+        }
+        fn now_unix_nanos(&mut self) -> u64 {
+            self.now
+        }
+        fn export_span(&mut self, span: Span) {
+            self.spans.push(span);
         }
     }
 
@@ -1668,5 +1785,351 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.0.contains("`headers.allow[0]`"), "{e}");
+    }
+
+    // --- tracing ---------------------------------------------------------
+
+    const INBOUND_TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    /// The first 8 bytes the fake host hands out: the filter's span id.
+    const SPAN_ID: &str = "0102030405060708";
+    /// The next 16: a new trace's id.
+    const NEW_TRACE_ID: &str = "090a0b0c0d0e0f101112131415161718";
+    const T0: u64 = 1_700_000_000_000_000_000;
+
+    fn traced(tracing: &str, routes: &str) -> Rc<Config> {
+        let json = format!(
+            r#"{{"bridge_cluster":"openhqm_bridge","routes":{routes},"tracing":{{"otlp_cluster":"otel"{tracing}}}}}"#
+        );
+        Rc::new(Config::parse(json.as_bytes()).unwrap())
+    }
+
+    fn orders(tracing: &str) -> Rc<Config> {
+        traced(tracing, r#"[{"name":"orders","prefix":"/orders"}]"#)
+    }
+
+    fn attr<'s>(span: &'s Span, key: &str) -> Option<&'s AttrValue> {
+        span.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+    }
+
+    fn only_span(host: &FakeHost) -> &Span {
+        assert_eq!(host.spans.len(), 1, "spans: {:?}", host.spans);
+        &host.spans[0]
+    }
+
+    fn frame_traceparent(host: &FakeHost) -> Option<String> {
+        frame_json(host.only_call())
+            .get("traceparent")
+            .map(|v| v.as_str().unwrap().to_string())
+    }
+
+    /// Captures POST /orders (with `traceparent` when given) and answers
+    /// with the bridge's `status`, the clock moving on 5 ms in between.
+    fn capture_and_answer(cfg: Rc<Config>, traceparent: Option<&str>, status: &str) -> FakeHost {
+        let mut host = FakeHost::request("POST", "/orders?x=1");
+        if let Some(tp) = traceparent {
+            host = host.with_header("traceparent", tp.as_bytes());
+        }
+        let mut f = HttpFilter::new(cfg);
+        f.on_request_headers(&mut host, true);
+        assert!(host.spans.is_empty(), "open until the answer");
+        host.now += 5_000_000;
+        host.bridge_answers(&[(":status", status)], b"{}");
+        f.on_call_response(&mut host, 42, 1, 2);
+        host
+    }
+
+    #[test]
+    fn without_tracing_the_inbound_traceparent_travels_unchanged_and_nothing_is_recorded() {
+        let host = capture_and_answer(
+            routes_config(r#"[{"prefix":"/orders"}]"#),
+            Some(INBOUND_TP),
+            "202",
+        );
+        let frame = frame_json(host.only_call());
+        assert!(frame.get("traceparent").is_none(), "{frame}");
+        assert_eq!(frame["headers"], json!([["traceparent", INBOUND_TP]]));
+        assert!(host.spans.is_empty());
+        assert_eq!(host.random, 1, "no random bytes taken");
+        assert_eq!(host.only_sent().status, 202);
+    }
+
+    #[test]
+    fn a_sampled_inbound_trace_is_continued_with_the_filter_span_as_parent() {
+        let host = capture_and_answer(orders(""), Some(INBOUND_TP), "202");
+        assert_eq!(
+            frame_traceparent(&host).unwrap(),
+            format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{SPAN_ID}-01")
+        );
+        // The client's own header still travels with the request.
+        assert_eq!(
+            frame_json(host.only_call())["headers"],
+            json!([["traceparent", INBOUND_TP]])
+        );
+        let span = only_span(&host);
+        assert_eq!(
+            span.trace_id.to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(span.span_id.to_string(), SPAN_ID);
+        assert_eq!(
+            span.parent_span_id.map(|p| p.to_string()).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
+        assert_eq!(span.kind, SpanKind::Server);
+        assert_eq!(span.name, "capture orders");
+        assert_eq!(
+            (span.start_unix_nanos, span.end_unix_nanos),
+            (T0, T0 + 5_000_000)
+        );
+        assert_eq!(span.status, SpanStatus::Unset);
+        let expected: Vec<(String, AttrValue)> = [
+            ("http.request.method", AttrValue::from("POST")),
+            ("url.path", "/orders".into()),
+            ("openhqm.route", "orders".into()),
+            ("openhqm.correlation_id", ID1.into()),
+            ("http.response.status_code", 202i64.into()),
+            ("openhqm.outcome", "accepted".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        assert_eq!(span.attributes, expected);
+    }
+
+    #[test]
+    fn without_a_valid_inbound_context_a_new_trace_starts() {
+        for inbound in [
+            None,
+            Some("garbage"),
+            Some("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
+        ] {
+            let host = capture_and_answer(orders(""), inbound, "202");
+            assert_eq!(
+                frame_traceparent(&host).unwrap(),
+                format!("00-{NEW_TRACE_ID}-{SPAN_ID}-01"),
+                "{inbound:?}"
+            );
+            let span = only_span(&host);
+            assert_eq!(span.trace_id.to_string(), NEW_TRACE_ID);
+            assert_eq!(span.parent_span_id, None, "a root span");
+            // sample_ratio 1.0 needs no random draw.
+            assert_eq!(host.random, 25);
+        }
+    }
+
+    #[test]
+    fn an_unsampled_inbound_context_is_passed_on_unchanged_and_nothing_exported() {
+        let tp = INBOUND_TP.replace("-01", "-00");
+        let host = capture_and_answer(orders(""), Some(&tp), "202");
+        assert_eq!(frame_traceparent(&host).unwrap(), tp);
+        assert!(host.spans.is_empty());
+        assert_eq!(host.random, 1, "no ids made");
+        // The inbound flag wins over the ratio either way.
+        let host = capture_and_answer(orders(r#","sample_ratio":0"#), Some(INBOUND_TP), "202");
+        assert_eq!(host.spans.len(), 1);
+    }
+
+    #[test]
+    fn sample_ratio_decides_new_traces() {
+        // The fake's sampling draw is bytes 25..=32: about 0.125 of the range.
+        let host = capture_and_answer(orders(r#","sample_ratio":0.5"#), None, "202");
+        assert_eq!(host.spans.len(), 1);
+        assert!(frame_traceparent(&host).unwrap().ends_with("-01"));
+        let host = capture_and_answer(orders(r#","sample_ratio":0.1"#), None, "202");
+        assert!(host.spans.is_empty());
+        // Not recorded, still propagated: new ids, flag 00.
+        assert_eq!(
+            frame_traceparent(&host).unwrap(),
+            format!("00-{NEW_TRACE_ID}-{SPAN_ID}-00")
+        );
+        let host = capture_and_answer(orders(r#","sample_ratio":0"#), None, "202");
+        assert!(host.spans.is_empty());
+        assert!(frame_traceparent(&host).unwrap().ends_with("-00"));
+    }
+
+    #[test]
+    fn span_timing_runs_from_the_headers_to_the_answer() {
+        let mut host = FakeHost::request("POST", "/orders");
+        host.request_body = b"hello".to_vec();
+        let mut f = HttpFilter::new(orders(""));
+        f.on_request_headers(&mut host, false);
+        host.now += 1_000;
+        f.on_request_body(&mut host, 5, true);
+        host.now += 2_000;
+        host.bridge_answers(&[(":status", "202")], b"");
+        f.on_call_response(&mut host, 42, 1, 0);
+        let span = only_span(&host);
+        assert_eq!(span.start_unix_nanos, T0);
+        assert_eq!(span.end_unix_nanos, T0 + 3_000);
+        // A later callback records nothing more.
+        f.on_done(&mut host);
+        assert_eq!(host.spans.len(), 1);
+    }
+
+    #[test]
+    fn a_bridge_failure_is_an_error_span() {
+        let host = capture_and_answer(orders(""), None, "502");
+        assert_eq!(host.only_sent().status, 503);
+        let span = only_span(&host);
+        assert_eq!(
+            span.status,
+            SpanStatus::Error("bridge call failed (status 502)".into())
+        );
+        assert_eq!(
+            attr(span, "http.response.status_code"),
+            Some(&AttrValue::Int(503))
+        );
+        assert_eq!(attr(span, "openhqm.outcome"), Some(&"rejected".into()));
+
+        // The call cannot even be made.
+        let mut host = FakeHost::request("POST", "/orders");
+        host.dispatch_result = Err("BadArgument".into());
+        HttpFilter::new(orders("")).on_request_headers(&mut host, true);
+        assert_eq!(
+            only_span(&host).status,
+            SpanStatus::Error("bridge call failed: BadArgument".into())
+        );
+        // The frame still carried the context.
+        assert!(frame_traceparent(&host).is_some());
+    }
+
+    #[test]
+    fn a_bridge_4xx_is_rejected_without_error() {
+        let host = capture_and_answer(orders(""), None, "422");
+        let span = only_span(&host);
+        assert_eq!(span.status, SpanStatus::Unset);
+        assert_eq!(attr(span, "openhqm.outcome"), Some(&"rejected".into()));
+        assert_eq!(
+            attr(span, "http.response.status_code"),
+            Some(&AttrValue::Int(422))
+        );
+    }
+
+    #[test]
+    fn passthrough_on_bridge_failure_ends_the_span_at_the_resume() {
+        let cfg = traced(
+            "",
+            r#"[{"name":"orders","prefix":"/orders","on_bridge_failure":"passthrough"}]"#,
+        );
+        let host = capture_and_answer(cfg, Some(INBOUND_TP), "503");
+        assert!(host.resumed && host.sent.is_empty());
+        let span = only_span(&host);
+        assert_eq!(attr(span, "openhqm.outcome"), Some(&"passthrough".into()));
+        assert_eq!(
+            attr(span, "http.response.status_code"),
+            None,
+            "the app answers"
+        );
+        assert_eq!(
+            span.status,
+            SpanStatus::Error("bridge call failed (status 503)".into())
+        );
+        assert_eq!(span.end_unix_nanos, T0 + 5_000_000);
+    }
+
+    #[test]
+    fn a_wait_mode_answer_is_relayed_and_a_5xx_from_the_backend_is_an_error() {
+        let cfg = traced(
+            "",
+            r#"[{"name":"lookup","prefix":"/orders","mode":"wait"}]"#,
+        );
+        for (status, error) in [
+            ("404", SpanStatus::Unset),
+            ("500", SpanStatus::Error("the backend answered 500".into())),
+        ] {
+            let mut host = FakeHost::request("GET", "/orders/7");
+            let mut f = HttpFilter::new(Rc::clone(&cfg));
+            f.on_request_headers(&mut host, true);
+            host.now += 7;
+            host.bridge_answers(&[(":status", status), ("x-openhqm-result", "final")], b"x");
+            f.on_call_response(&mut host, 42, 2, 1);
+            let span = only_span(&host);
+            assert_eq!(span.name, "capture lookup");
+            assert_eq!(attr(span, "openhqm.outcome"), Some(&"relayed".into()));
+            assert_eq!(
+                attr(span, "http.response.status_code"),
+                Some(&AttrValue::Int(status.parse().unwrap()))
+            );
+            assert_eq!(span.status, error);
+            assert_eq!(span.end_unix_nanos, T0 + 7);
+        }
+    }
+
+    #[test]
+    fn the_span_names_the_correlation_id_the_client_got() {
+        const FIRST: &str = "6f9619ff-8b86-4011-b42d-00c04fc964ff";
+        let mut host = FakeHost::request("POST", "/orders");
+        let mut f = HttpFilter::new(orders(""));
+        f.on_request_headers(&mut host, true);
+        host.bridge_answers(&[(":status", "200"), ("x-correlation-id", FIRST)], b"");
+        f.on_call_response(&mut host, 42, 2, 0);
+        assert_eq!(
+            attr(only_span(&host), "openhqm.correlation_id"),
+            Some(&FIRST.into())
+        );
+    }
+
+    #[test]
+    fn local_answers_end_the_span_too() {
+        // 413 by Content-Length, at once.
+        let mut host =
+            FakeHost::request("POST", "/orders").with_header("content-length", b"99999999");
+        HttpFilter::new(orders("")).on_request_headers(&mut host, false);
+        let span = only_span(&host);
+        assert_eq!(
+            attr(span, "http.response.status_code"),
+            Some(&AttrValue::Int(413))
+        );
+        assert_eq!(attr(span, "openhqm.outcome"), Some(&"rejected".into()));
+        assert_eq!(span.status, SpanStatus::Unset, "the client's fault");
+        // The body never came (watchdog).
+        let mut host = FakeHost::request("POST", "/orders");
+        let mut f = HttpFilter::new(orders(""));
+        f.on_request_headers(&mut host, false);
+        f.on_body_stalled(&mut host);
+        let span = only_span(&host);
+        assert_eq!(
+            attr(span, "http.response.status_code"),
+            Some(&AttrValue::Int(500))
+        );
+        assert!(matches!(span.status, SpanStatus::Error(_)));
+    }
+
+    #[test]
+    fn a_client_that_goes_away_leaves_a_cancelled_span() {
+        let mut host = FakeHost::request("POST", "/orders");
+        let mut f = HttpFilter::new(orders(""));
+        f.on_request_headers(&mut host, true);
+        host.now += 9;
+        f.on_done(&mut host);
+        let span = only_span(&host);
+        assert_eq!(attr(span, "openhqm.outcome"), Some(&"cancelled".into()));
+        assert_eq!(attr(span, "http.response.status_code"), None);
+        assert!(matches!(span.status, SpanStatus::Error(_)));
+        assert_eq!(span.end_unix_nanos, T0 + 9);
+    }
+
+    #[test]
+    fn requests_that_are_not_captured_are_not_traced() {
+        let cfg = orders("");
+        for (method, path) in [("GET", "/other"), ("GET", "/api/v1/status/abc")] {
+            let mut host =
+                FakeHost::request(method, path).with_header("traceparent", INBOUND_TP.as_bytes());
+            let mut f = HttpFilter::new(Rc::clone(&cfg));
+            f.on_request_headers(&mut host, true);
+            host.bridge_answers(&[(":status", "200")], b"{}");
+            f.on_call_response(&mut host, 42, 1, 2);
+            f.on_done(&mut host);
+            assert!(host.spans.is_empty(), "{path}");
+            assert_eq!(host.random, 1, "{path}");
+            // The relay call carries no trace context of the filter's.
+            for call in &host.calls {
+                assert!(call.body.is_none());
+                assert!(!call.headers.iter().any(|(n, _)| n == "traceparent"));
+            }
+        }
     }
 }

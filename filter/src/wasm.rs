@@ -15,6 +15,14 @@
 //! root context, whose 1 s tick answers 500 for those whose body has not
 //! arrived within the grace period and logs the fix. After the first body
 //! callback the watchdog switches itself off.
+//!
+//! Span export (with `tracing` configured): finished spans go into the root
+//! context's [`Exporter`], shared with its HTTP contexts; the root exports
+//! them on its tick (every `flush_ms`) with `dispatch_http_call`, so the
+//! answers come back to the root whatever became of the requests. When a
+//! request fills a batch, its context shortens the root's tick to
+//! [`FLUSH_SOON`] (the tick period belongs to the root context); the next
+//! tick exports and restores the period.
 
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
@@ -26,8 +34,11 @@ use proxy_wasm::types::{
     Action as WasmAction, BufferType, ContextType, LogLevel as WasmLogLevel, MapType, MetricType,
 };
 
+use openhqm_trace::Span;
+
 use crate::config::Config;
-use crate::logic::{Action, Headers, Host, HttpFilter, LogLevel};
+use crate::logic::{response_status, Action, Headers, Host, HttpFilter, LogLevel};
+use crate::spans::{Exporter, Recorded};
 
 proxy_wasm::main! {{
     // Also installs a panic hook that logs the message (a panic would still
@@ -37,6 +48,9 @@ proxy_wasm::main! {{
         Box::new(FilterRoot {
             config: None,
             watchdog: Rc::new(Watchdog::default()),
+            exporter: None,
+            tick: Duration::ZERO,
+            export_failing: false,
         })
     });
 }}
@@ -56,6 +70,8 @@ fn log(level: LogLevel, message: &str) {
 /// the watchdog gives up on it (the bridge timeout when that is larger).
 const MIN_BODY_GRACE_MS: u64 = 5000;
 const WATCHDOG_TICK: Duration = Duration::from_secs(1);
+/// The root's tick when a request filled a batch of spans.
+const FLUSH_SOON: Duration = Duration::from_millis(1);
 
 fn now_ms() -> u64 {
     hostcalls::get_current_time()
@@ -120,7 +136,7 @@ impl Watchdog {
     }
 
     /// Answers the held requests whose deadline has passed.
-    fn check(&self) {
+    fn check(&self, exporter: Option<&RefCell<Exporter>>) {
         let now = now_ms();
         let expired: Vec<Held> = match self.waiting.try_borrow_mut() {
             Ok(mut waiting) => {
@@ -138,7 +154,7 @@ impl Watchdog {
                 continue;
             }
             if let Ok(mut filter) = filter.try_borrow_mut() {
-                filter.on_body_stalled(&mut WasmHost);
+                filter.on_body_stalled(&mut WasmHost { exporter });
             };
         }
     }
@@ -148,9 +164,123 @@ impl Watchdog {
 struct FilterRoot {
     config: Option<Rc<Config>>,
     watchdog: Rc<Watchdog>,
+    /// Finished spans of this root's requests (with `tracing` configured).
+    exporter: Option<Rc<RefCell<Exporter>>>,
+    /// The tick period last set.
+    tick: Duration,
+    /// The last export failed (logged once until one succeeds).
+    export_failing: bool,
 }
 
-impl Context for FilterRoot {}
+impl FilterRoot {
+    /// The tick this root needs: each second while the body watchdog is on,
+    /// each `flush_ms` while spans are exported, none otherwise.
+    fn wanted_tick(&self) -> Duration {
+        let flush = self
+            .config
+            .as_ref()
+            .and_then(|c| c.tracing.as_ref())
+            .map(|t| Duration::from_millis(t.flush_ms));
+        match (self.watchdog.confirmed.get(), flush) {
+            (false, Some(flush)) => flush.min(WATCHDOG_TICK),
+            (false, None) => WATCHDOG_TICK,
+            (true, Some(flush)) => flush,
+            (true, None) => Duration::ZERO,
+        }
+    }
+
+    /// Sets the wanted tick if it changed (or, with `force`, if a request
+    /// may have changed it behind the root's back).
+    fn update_tick(&mut self, force: bool) {
+        let wanted = self.wanted_tick();
+        if wanted == self.tick && !force {
+            return;
+        }
+        match hostcalls::set_tick_period(wanted) {
+            Ok(()) => self.tick = wanted,
+            Err(status) => log(
+                LogLevel::Warn,
+                &format!("openhqm: cannot set the tick period: {status:?}"),
+            ),
+        }
+    }
+
+    /// Exports what is due; whether a request had asked for this tick.
+    fn export_spans(&mut self) -> bool {
+        let Some(Ok(mut exporter)) = self.exporter.as_ref().map(|e| e.try_borrow_mut()) else {
+            return false;
+        };
+        let asked = exporter.flush_requested();
+        let done = exporter.tick(now_ms(), &mut |cluster, headers, body, timeout| {
+            hostcalls::dispatch_http_call(
+                cluster,
+                headers.to_vec(),
+                Some(body),
+                Vec::new(),
+                timeout,
+            )
+            .map_err(|status| format!("{status:?}"))
+        });
+        let cluster = exporter.config().otlp_cluster.clone();
+        drop(exporter);
+        count(Counter::SpansDropped, done.dropped);
+        if let Some(e) = done.error {
+            self.export_failed(&format!("cannot call the OTLP cluster {cluster:?}: {e}"));
+        }
+        asked
+    }
+
+    fn export_failed(&mut self, problem: &str) {
+        if !self.export_failing {
+            self.export_failing = true;
+            log(
+                LogLevel::Warn,
+                &format!(
+                    "openhqm: span export failed ({problem}); spans are dropped and counted in \
+                     openhqm_filter_spans_dropped_total until an export succeeds"
+                ),
+            );
+        }
+    }
+}
+
+impl Context for FilterRoot {
+    /// The answer to a span export (the only calls the root makes).
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        _body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let status = if num_headers > 0 {
+            hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
+                .ok()
+                .and_then(|headers| response_status(&headers))
+        } else {
+            None
+        };
+        let result = match self.exporter.as_ref().map(|e| e.try_borrow_mut()) {
+            Some(Ok(mut exporter)) => exporter.on_response(token_id, status),
+            _ => None,
+        };
+        match result {
+            Some(Ok(spans)) => {
+                count(Counter::SpansExported, spans);
+                if self.export_failing {
+                    self.export_failing = false;
+                    log(LogLevel::Info, "openhqm: span export works again");
+                }
+            }
+            Some(Err(spans)) => {
+                count(Counter::SpansDropped, spans);
+                let status = status.map_or_else(|| "no answer".to_string(), |s| s.to_string());
+                self.export_failed(&format!("the collector answered {status}"));
+            }
+            None => {}
+        }
+    }
+}
 
 impl RootContext for FilterRoot {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
@@ -185,15 +315,21 @@ impl RootContext for FilterRoot {
                         config.api_prefix
                     ),
                 );
+                self.exporter = config.tracing.as_ref().map(|tracing| {
+                    log(
+                        LogLevel::Info,
+                        &format!(
+                            "openhqm: exporting spans to cluster {:?} {:?} every {} ms",
+                            tracing.otlp_cluster, tracing.otlp_path, tracing.flush_ms
+                        ),
+                    );
+                    // Defined now so the stats exist (at 0) from the start.
+                    count(Counter::SpansExported, 0);
+                    count(Counter::SpansDropped, 0);
+                    Rc::new(RefCell::new(Exporter::new(tracing.clone())))
+                });
                 self.config = Some(Rc::new(config));
-                if !self.watchdog.confirmed.get() {
-                    if let Err(status) = hostcalls::set_tick_period(WATCHDOG_TICK) {
-                        log(
-                            LogLevel::Warn,
-                            &format!("openhqm: no tick for the body watchdog: {status:?}"),
-                        );
-                    }
-                }
+                self.update_tick(true);
                 true
             }
             Err(e) => {
@@ -206,11 +342,14 @@ impl RootContext for FilterRoot {
     fn on_tick(&mut self) {
         if self.watchdog.confirmed.get() {
             // Bodies are delivered: nothing left to watch.
-            let _ = hostcalls::set_tick_period(Duration::ZERO);
             self.watchdog.forget_all();
-            return;
+        } else {
+            self.watchdog.check(self.exporter.as_deref());
         }
-        self.watchdog.check();
+        let asked = self.export_spans();
+        // Drops to the export period (or to none) once the watchdog is off,
+        // and back from FLUSH_SOON after an early export.
+        self.update_tick(asked);
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -231,6 +370,7 @@ impl RootContext for FilterRoot {
                 .clone()
                 .map(|config| Rc::new(RefCell::new(HttpFilter::new(config)))),
             watchdog: Rc::clone(&self.watchdog),
+            exporter: self.exporter.clone(),
         }))
     }
 }
@@ -241,13 +381,17 @@ struct FilterHttp {
     grace_ms: u64,
     filter: Option<Rc<RefCell<HttpFilter>>>,
     watchdog: Rc<Watchdog>,
+    exporter: Option<Rc<RefCell<Exporter>>>,
 }
 
 impl FilterHttp {
     /// Runs `f` on the request's filter; `Continue` when there is none.
-    fn with_filter(&self, f: impl FnOnce(&mut HttpFilter) -> Action) -> WasmAction {
+    fn with_filter(&self, f: impl FnOnce(&mut HttpFilter, &mut WasmHost) -> Action) -> WasmAction {
+        let mut host = WasmHost {
+            exporter: self.exporter.as_deref(),
+        };
         match self.filter.as_ref().map(|filter| filter.try_borrow_mut()) {
-            Some(Ok(mut filter)) => to_wasm(f(&mut filter)),
+            Some(Ok(mut filter)) => to_wasm(f(&mut filter, &mut host)),
             Some(Err(_)) => {
                 log(LogLevel::Error, "openhqm: re-entrant filter call ignored");
                 WasmAction::Pause
@@ -272,14 +416,18 @@ impl Context for FilterHttp {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        self.with_filter(|filter| {
-            filter.on_call_response(&mut WasmHost, token_id, num_headers, body_size);
+        self.with_filter(|filter, host| {
+            filter.on_call_response(host, token_id, num_headers, body_size);
             Action::Continue
         });
     }
 
     fn on_done(&mut self) -> bool {
         self.watchdog.forget(self.context_id);
+        self.with_filter(|filter, host| {
+            filter.on_done(host);
+            Action::Continue
+        });
         true
     }
 }
@@ -287,8 +435,8 @@ impl Context for FilterHttp {
 impl HttpContext for FilterHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> WasmAction {
         let mut held = false;
-        let action = self.with_filter(|filter| {
-            let action = filter.on_request_headers(&mut WasmHost, end_of_stream);
+        let action = self.with_filter(|filter, host| {
+            let action = filter.on_request_headers(host, end_of_stream);
             held = filter.awaits_first_body_chunk();
             action
         });
@@ -301,19 +449,22 @@ impl HttpContext for FilterHttp {
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> WasmAction {
         self.watchdog.body_arrived(self.context_id);
-        self.with_filter(|filter| filter.on_request_body(&mut WasmHost, body_size, end_of_stream))
+        self.with_filter(|filter, host| filter.on_request_body(host, body_size, end_of_stream))
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> WasmAction {
         self.watchdog.body_arrived(self.context_id);
-        self.with_filter(|filter| filter.on_request_trailers(&mut WasmHost))
+        self.with_filter(|filter, host| filter.on_request_trailers(host))
     }
 }
 
 /// [`Host`] over the Proxy-Wasm hostcalls of the current context.
-struct WasmHost;
+struct WasmHost<'a> {
+    /// Where finished spans go (the root context's).
+    exporter: Option<&'a RefCell<Exporter>>,
+}
 
-impl Host for WasmHost {
+impl Host for WasmHost<'_> {
     fn request_headers(&mut self) -> Headers {
         match hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
             Ok(headers) => headers,
@@ -415,17 +566,42 @@ impl Host for WasmHost {
     fn count_passthrough(&mut self, _route: &str) {
         // One Envoy stat for all routes (route names in stat names would be
         // unbounded); the log line names the route.
-        if let Some(id) = passthrough_metric() {
-            let _ = hostcalls::increment_metric(id, 1);
-        }
+        count(Counter::Passthrough, 1);
     }
 
     fn new_uuid(&mut self) -> String {
-        let bytes = random_bytes().unwrap_or_else(fallback_bytes);
+        let mut bytes = [0u8; 16];
+        fill_random(&mut bytes);
         uuid::Builder::from_random_bytes(bytes)
             .into_uuid()
             .hyphenated()
             .to_string()
+    }
+
+    fn random_bytes(&mut self, buf: &mut [u8]) {
+        fill_random(buf);
+    }
+
+    fn now_unix_nanos(&mut self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    fn export_span(&mut self, span: Span) {
+        let recorded = match self.exporter.map(RefCell::try_borrow_mut) {
+            Some(Ok(mut exporter)) => exporter.record(span),
+            _ => Recorded::Dropped,
+        };
+        match recorded {
+            Recorded::Buffered => {}
+            Recorded::FlushSoon => {
+                // Sets the tick of this request's root context.
+                let _ = hostcalls::set_tick_period(FLUSH_SOON);
+            }
+            Recorded::Dropped => count(Counter::SpansDropped, 1),
+        }
     }
 }
 
@@ -435,31 +611,61 @@ extern "C" {
     fn random_get(buf: *mut u8, buf_len: usize) -> u16;
 }
 
-/// 16 random bytes from the host; `None` if the host refuses.
-fn random_bytes() -> Option<[u8; 16]> {
-    let mut bytes = [0u8; 16];
-    // SAFETY: `bytes` is a live, writable 16-byte buffer for the whole call
-    // and the host writes at most `buf_len` bytes into it.
-    let errno = unsafe { random_get(bytes.as_mut_ptr(), bytes.len()) };
-    (errno == 0).then_some(bytes)
+/// Fills `buf` from the host's CSPRNG (clock-based bytes if it refuses).
+fn fill_random(buf: &mut [u8]) {
+    // SAFETY: `buf` is a live, writable buffer of `buf.len()` bytes for the
+    // whole call and the host writes at most `buf_len` bytes into it.
+    let errno = unsafe { random_get(buf.as_mut_ptr(), buf.len()) };
+    if errno != 0 {
+        for chunk in buf.chunks_mut(16) {
+            for (byte, random) in chunk.iter_mut().zip(fallback_bytes()) {
+                *byte = random;
+            }
+        }
+    }
+}
+
+/// The filter's Envoy stats (counters), defined on first use (per VM).
+#[derive(Clone, Copy)]
+enum Counter {
+    /// Requests served from the app because the bridge failed.
+    Passthrough,
+    /// Spans the collector accepted (2xx).
+    SpansExported,
+    /// Spans lost: buffer full, export call failed or answered non-2xx.
+    SpansDropped,
+}
+
+impl Counter {
+    fn name(self) -> &'static str {
+        match self {
+            Counter::Passthrough => "openhqm_filter_passthrough_total",
+            Counter::SpansExported => "openhqm_filter_spans_exported_total",
+            Counter::SpansDropped => "openhqm_filter_spans_dropped_total",
+        }
+    }
 }
 
 thread_local! {
-    static PASSTHROUGH_METRIC: Cell<Option<u32>> = const { Cell::new(None) };
+    static METRICS: Cell<[Option<u32>; 3]> = const { Cell::new([None; 3]) };
 }
 
-/// `openhqm_filter_passthrough_total`: requests served from the app because
-/// the bridge failed, defined on first use (per VM).
-fn passthrough_metric() -> Option<u32> {
-    PASSTHROUGH_METRIC.with(|cell| {
-        if cell.get().is_none() {
-            cell.set(
-                hostcalls::define_metric(MetricType::Counter, "openhqm_filter_passthrough_total")
-                    .ok(),
-            );
+/// Adds `n` to `counter` (0 just defines it).
+fn count(counter: Counter, n: usize) {
+    let id = METRICS.with(|cell| {
+        let mut ids = cell.get();
+        let slot = ids.get_mut(counter as usize)?;
+        if slot.is_none() {
+            *slot = hostcalls::define_metric(MetricType::Counter, counter.name()).ok();
+            let id = *slot;
+            cell.set(ids);
+            return id;
         }
-        cell.get()
-    })
+        *slot
+    });
+    if let (Some(id), true) = (id, n > 0) {
+        let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+    }
 }
 
 thread_local! {
