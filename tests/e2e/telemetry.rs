@@ -152,6 +152,71 @@ async fn one_trace_runs_from_the_submit_api_through_the_queue_to_the_backend_cal
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_runs_from_the_filter_in_envoy_through_bridge_queue_and_worker_to_the_app() {
+    let mut stack = Stack::new("trace-filter");
+    let receiver = start_receiver(&mut stack).await;
+    stack.set("OPENHQM_MONITORING__OTLP_ENDPOINT", &receiver);
+    let port: u16 = receiver.rsplit(':').next().unwrap().parse().unwrap();
+    stack.otel_port = Some(port);
+    stack.filter_config_extra = r#""tracing": {"otlp_cluster": "otel", "flush_ms": 200},"#.into();
+    stack.start_all(0).await;
+    stack.wait_worker_ready(0).await;
+
+    let inbound = format!("00-{INBOUND_TRACE}-{INBOUND_SPAN}-01");
+    let r = client()
+        .post(format!("{}/orders", stack.envoy_url()))
+        .header("traceparent", &inbound)
+        .json(&json!({"item": "book"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = header(&r, "x-correlation-id").unwrap();
+    let location = header(&r, "location").unwrap();
+    let result = await_result(&stack.envoy_url(), &location, RESULT_WAIT).await;
+    assert_eq!(result["status"], "COMPLETED", "{result}");
+
+    let spans = spans_of(
+        &receiver,
+        INBOUND_TRACE,
+        &[
+            "capture create-order",
+            "publish openhqm-requests",
+            "process openhqm-requests",
+            "POST app",
+        ],
+    )
+    .await;
+    let by_service = |service: &str, name: &str| -> Value {
+        spans
+            .iter()
+            .find(|s| s["service"] == service && s["name"] == name)
+            .unwrap_or_else(|| panic!("no {service} span {name}: {spans:?}"))
+            .clone()
+    };
+    let filter = by_service("openhqm-filter", "capture create-order");
+    let bridge = by_service("openhqm-bridge", "capture create-order");
+    let publish = by_service("openhqm-bridge", "publish openhqm-requests");
+    let process = by_service("openhqm-worker", "process openhqm-requests");
+    let call = by_service("openhqm-worker", "POST app");
+    assert_eq!(filter["parentSpanId"], INBOUND_SPAN);
+    assert_eq!(filter["attributes"]["openhqm.correlation_id"], id.as_str());
+    assert_eq!(filter["attributes"]["http.response.status_code"], 202);
+    assert_child(&bridge, &filter);
+    assert_child(&publish, &bridge);
+    assert_child(&process, &publish);
+    assert_child(&call, &process);
+    assert_eq!(
+        result["headers"]["x-received-traceparent"],
+        format!("00-{INBOUND_TRACE}-{}-01", call["spanId"].as_str().unwrap()),
+        "the app's parent span is the worker's call: {result}"
+    );
+    assert_eq!(spans.len(), 5, "one span per hop: {spans:?}");
+    let errors = get_json(&format!("{receiver}/errors")).await;
+    assert_eq!(errors, json!([]), "every export matched the OTLP schema");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untraced_request_starts_a_trace_and_a_failing_call_is_marked_as_an_error() {
     let mut stack = Stack::new("trace-new");
     let receiver = start_receiver(&mut stack).await;

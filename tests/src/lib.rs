@@ -136,6 +136,9 @@ pub struct Stack {
     pub extra_bridge_ports: Vec<u16>,
     /// Admin (`/metrics`) ports of the workers started, in order.
     pub worker_admin_ports: Vec<u16>,
+    /// An OTLP/HTTP receiver on this port becomes Envoy's `otel` cluster
+    /// (the commented example in envoy/envoy.yaml, enabled).
+    pub otel_port: Option<u16>,
     /// Extra `OPENHQM_*` variables for bridge and workers.
     pub env: Vec<(String, String)>,
     pub procs: Vec<Proc>,
@@ -156,6 +159,7 @@ impl Stack {
             env: Vec::new(),
             extra_bridge_ports: Vec::new(),
             worker_admin_ports: Vec::new(),
+            otel_port: None,
             filter_config_extra: String::new(),
             envoy_port: free_port(),
             admin_port: free_port(),
@@ -365,6 +369,23 @@ impl Stack {
             );
         }
         shipped = shipped.replace(bridge_endpoint, &endpoints);
+        if let Some(port) = self.otel_port {
+            let start = shipped
+                .find("    # - name: otel\n")
+                .expect("envoy.yaml's commented otel cluster");
+            let end = shipped[start..]
+                .find("port_value: 4318 }\n")
+                .map(|i| start + i + "port_value: 4318 }\n".len())
+                .expect("envoy.yaml's commented otel cluster");
+            let cluster = shipped[start..end]
+                .replace("    # ", "    ")
+                .replace("type: STRICT_DNS", "type: STATIC")
+                .replace(
+                    "address: otel-collector, port_value: 4318",
+                    &format!("address: 127.0.0.1, port_value: {port}"),
+                );
+            shipped.replace_range(start..end, &cluster);
+        }
         if !self.filter_config_extra.is_empty() {
             let anchor = "\"max_wait_ms\": 30000,";
             assert!(
