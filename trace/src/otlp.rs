@@ -6,7 +6,7 @@
 //! <https://opentelemetry.io/docs/specs/otlp/#json-protobuf-encoding>
 
 use crate::context::{SpanId, TraceId};
-use serde_json::{json, Map, Value};
+use std::fmt::Write;
 
 /// OTLP `Span.SpanKind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,54 +78,85 @@ impl Span {
     }
 }
 
-fn key_values(attrs: &[(String, AttrValue)]) -> Value {
-    Value::Array(
-        attrs
-            .iter()
-            .map(|(k, v)| {
-                let value = match v {
-                    AttrValue::Str(s) => json!({ "stringValue": s }),
-                    // int64 is a JSON string in the protobuf mapping.
-                    AttrValue::Int(i) => json!({ "intValue": i.to_string() }),
-                    AttrValue::Bool(b) => json!({ "boolValue": b }),
-                };
-                json!({ "key": k, "value": value })
-            })
-            .collect(),
-    )
+/// A JSON string literal (quoted and escaped).
+fn push_str_lit(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
-fn span_json(s: &Span) -> Value {
-    let mut o = Map::new();
-    o.insert("traceId".into(), s.trace_id.to_string().into());
-    o.insert("spanId".into(), s.span_id.to_string().into());
-    if let Some(p) = s.parent_span_id {
-        o.insert("parentSpanId".into(), p.to_string().into());
+// The JSON is written directly rather than built as a serde_json tree: the
+// filter carries this code in its .wasm, and the tree version cost ~15 KB.
+fn push_key_values(out: &mut String, attrs: &[(String, AttrValue)]) {
+    out.push('[');
+    for (i, (k, v)) in attrs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"key\":");
+        push_str_lit(out, k);
+        out.push_str(",\"value\":{");
+        match v {
+            AttrValue::Str(s) => {
+                out.push_str("\"stringValue\":");
+                push_str_lit(out, s);
+            }
+            // int64 is a JSON string in the protobuf mapping.
+            AttrValue::Int(n) => {
+                let _ = write!(out, "\"intValue\":\"{n}\"");
+            }
+            AttrValue::Bool(b) => {
+                let _ = write!(out, "\"boolValue\":{b}");
+            }
+        }
+        out.push_str("}}");
     }
-    o.insert("name".into(), s.name.clone().into());
-    o.insert("kind".into(), (s.kind as i64).into());
-    // fixed64 is a JSON string in the protobuf mapping.
-    o.insert(
-        "startTimeUnixNano".into(),
-        s.start_unix_nanos.to_string().into(),
+    out.push(']');
+}
+
+fn push_span(out: &mut String, s: &Span) {
+    let _ = write!(
+        out,
+        "{{\"traceId\":\"{}\",\"spanId\":\"{}\"",
+        s.trace_id, s.span_id
     );
-    o.insert(
-        "endTimeUnixNano".into(),
-        s.end_unix_nanos.to_string().into(),
+    if let Some(p) = s.parent_span_id {
+        let _ = write!(out, ",\"parentSpanId\":\"{p}\"");
+    }
+    out.push_str(",\"name\":");
+    push_str_lit(out, &s.name);
+    // fixed64 is a JSON string in the protobuf mapping.
+    let _ = write!(
+        out,
+        ",\"kind\":{},\"startTimeUnixNano\":\"{}\",\"endTimeUnixNano\":\"{}\"",
+        s.kind as i64, s.start_unix_nanos, s.end_unix_nanos
     );
     if !s.attributes.is_empty() {
-        o.insert("attributes".into(), key_values(&s.attributes));
+        out.push_str(",\"attributes\":");
+        push_key_values(out, &s.attributes);
     }
     match &s.status {
         SpanStatus::Unset => {}
-        SpanStatus::Ok => {
-            o.insert("status".into(), json!({ "code": 1 }));
-        }
+        SpanStatus::Ok => out.push_str(",\"status\":{\"code\":1}"),
         SpanStatus::Error(msg) => {
-            o.insert("status".into(), json!({ "code": 2, "message": msg }));
+            out.push_str(",\"status\":{\"code\":2,\"message\":");
+            push_str_lit(out, msg);
+            out.push('}');
         }
     }
-    Value::Object(o)
+    out.push('}');
 }
 
 /// One export request body for `spans` of one service.
@@ -136,21 +167,28 @@ pub fn encode_export_request(
 ) -> Vec<u8> {
     let mut attrs = vec![("service.name".to_string(), AttrValue::from(service_name))];
     attrs.extend(resource.iter().cloned());
-    let body = json!({
-        "resourceSpans": [{
-            "resource": { "attributes": key_values(&attrs) },
-            "scopeSpans": [{
-                "scope": { "name": "openhqm", "version": env!("CARGO_PKG_VERSION") },
-                "spans": spans.iter().map(span_json).collect::<Vec<_>>(),
-            }],
-        }],
-    });
-    serde_json::to_vec(&body).unwrap_or_default()
+    let mut out = String::with_capacity(256 + spans.len() * 320);
+    out.push_str("{\"resourceSpans\":[{\"resource\":{\"attributes\":");
+    push_key_values(&mut out, &attrs);
+    let _ = write!(
+        out,
+        "}},\"scopeSpans\":[{{\"scope\":{{\"name\":\"openhqm\",\"version\":\"{}\"}},\"spans\":[",
+        env!("CARGO_PKG_VERSION")
+    );
+    for (i, s) in spans.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_span(&mut out, s);
+    }
+    out.push_str("]}]}]}");
+    out.into_bytes()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
 
     #[test]
     fn encodes_the_otlp_json_shape() {
@@ -184,6 +222,34 @@ mod tests {
         assert_eq!(
             s["attributes"][1],
             json!({"key": "http.response.status_code", "value": {"intValue": "202"}})
+        );
+    }
+
+    #[test]
+    fn strings_are_escaped_into_valid_json() {
+        let mut span = Span {
+            trace_id: TraceId([1; 16]),
+            span_id: SpanId([1; 8]),
+            parent_span_id: None,
+            name: "a \"quoted\" \\ name\n\u{1}é".into(),
+            kind: SpanKind::Internal,
+            start_unix_nanos: 1,
+            end_unix_nanos: 2,
+            attributes: vec![],
+            status: SpanStatus::Ok,
+        };
+        span.attr("k\"", true);
+        let v: Value = serde_json::from_slice(&encode_export_request("s\\", &[], &[span])).unwrap();
+        let s = &v["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
+        assert_eq!(s["name"], "a \"quoted\" \\ name\n\u{1}é");
+        assert_eq!(
+            s["attributes"][0],
+            json!({"key": "k\"", "value": {"boolValue": true}})
+        );
+        assert_eq!(s["status"], json!({"code": 1}));
+        assert_eq!(
+            v["resourceSpans"][0]["resource"]["attributes"][0]["value"]["stringValue"],
+            "s\\"
         );
     }
 
