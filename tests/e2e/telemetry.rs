@@ -479,6 +479,92 @@ async fn metrics_labels_stay_bounded_after_thousands_of_distinct_requests() {
     }
 }
 
+/// `promtool check metrics` on a live page, plus its families against the
+/// metric table in docs/operations.md (deploy/validate/check-metrics.sh).
+fn check_metrics_page(url: &str, names: &[&str]) {
+    let out = std::process::Command::new(repo_root().join("deploy/validate/check-metrics.sh"))
+        .arg(url)
+        .args(names)
+        .output()
+        .expect("run check-metrics.sh");
+    assert!(
+        out.status.success(),
+        "check-metrics.sh {url}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pages_pass_promtool_and_match_the_documented_table() {
+    let mut stack = Stack::new("promtool");
+    stack.set("OPENHQM_WORKER__MAX_RETRIES", "1");
+    stack.start_app(0).await;
+    stack.start_bridge().await;
+    stack.start_worker();
+    stack.wait_worker_ready(0).await;
+    // One success and one failure, so the labelled families have samples.
+    let mut locations = Vec::new();
+    for headers in [
+        json!({}),
+        json!({"x-sample-fail-times": "9", "x-sample-fail-status": "500"}),
+    ] {
+        let r = client()
+            .post(format!("{}/api/v1/submit", stack.bridge_url()))
+            .json(&json!({"payload": {"n": 1}, "headers": headers, "metadata": {"endpoint": "orders"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+        locations.push(header(&r, "location").unwrap());
+    }
+    for l in &locations {
+        await_result(&stack.bridge_url(), l, RESULT_WAIT).await;
+    }
+    let bridge = format!("{}/metrics", stack.bridge_url());
+    check_metrics_page(
+        &bridge,
+        &[
+            "openhqm_http_requests_total",
+            "openhqm_http_in_flight",
+            "openhqm_requests_accepted_total",
+            "openhqm_queue_publish_total",
+            "openhqm_queue_depth",
+            "openhqm_dlq_depth",
+        ],
+    );
+    let worker = format!("http://127.0.0.1:{}/metrics", stack.worker_admin_ports[0]);
+    check_metrics_page(
+        &worker,
+        &[
+            "openhqm_worker_active",
+            "openhqm_worker_messages_total",
+            "openhqm_worker_errors_total",
+            "openhqm_worker_retries_total",
+            "openhqm_worker_processing_duration_seconds",
+            "openhqm_worker_backend_calls_total",
+            "openhqm_worker_backend_duration_seconds",
+            "openhqm_dlq_messages_total",
+            "openhqm_dlq_depth",
+            "openhqm_request_latency_seconds",
+            "openhqm_queue_depth",
+        ],
+    );
+    // The failed request is in the DLQ, and the gauge says so.
+    let page = client()
+        .get(&worker)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("openhqm_dlq_depth{queue=\"openhqm-dlq\"} 1"),
+        "{page}"
+    );
+}
+
 async fn futures_join<A, B, C, D>(a: A, b: B, c: C, d: D)
 where
     A: std::future::Future<Output = ()>,
