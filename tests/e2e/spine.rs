@@ -277,7 +277,7 @@ async fn sigkilled_worker_messages_are_redelivered_to_another_worker() {
             .proc(victim)
             .log_events()
             .iter()
-            .filter(|e| e["fields"]["message"] == "processing")
+            .filter(|e| e["message"] == "processing")
             .count();
         if started > 0 {
             break;
@@ -296,8 +296,8 @@ async fn sigkilled_worker_messages_are_redelivered_to_another_worker() {
     let ids = |msg: &str| -> BTreeSet<String> {
         events
             .iter()
-            .filter(|e| e["fields"]["message"] == msg)
-            .filter_map(|e| e["fields"]["correlation_id"].as_str().map(str::to_string))
+            .filter(|e| e["message"] == msg)
+            .filter_map(|e| e["correlation_id"].as_str().map(str::to_string))
             .collect()
     };
     let held: BTreeSet<String> = ids("processing")
@@ -559,7 +559,7 @@ async fn wait_for_log(stack: &mut Stack, proc: usize, message: &str) {
         .proc(proc)
         .log_events()
         .iter()
-        .any(|e| e["fields"]["message"] == message)
+        .any(|e| e["message"] == message)
     {
         assert!(
             std::time::Instant::now() < deadline,
