@@ -5,8 +5,8 @@
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use openhqm_core::metrics::{latency_histogram, BoundedLabel, QueueGauges};
-use prometheus::{HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use openhqm_core::metrics::{counter, latency_histogram, BoundedLabel, QueueGauges};
+use prometheus::{HistogramVec, IntCounterVec, IntGauge, Registry};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,14 +23,6 @@ pub struct Metrics {
     pub capture_routes: BoundedLabel,
     pub publish: IntCounterVec,
     pub queues: QueueGauges,
-}
-
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("metric registered once");
-    c
 }
 
 impl Metrics {

@@ -3,7 +3,9 @@
 //! messages, and the text rendering.
 
 use crate::queue::Queue;
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -77,7 +79,25 @@ fn saturating_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// A latency histogram with [`LATENCY_BUCKETS`].
+/// A labelled counter, registered.
+pub fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+/// A labelled gauge, registered.
+pub fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+/// A latency histogram with [`LATENCY_BUCKETS`], registered.
 pub fn latency_histogram(
     registry: &Registry,
     name: &str,

@@ -8,9 +8,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use openhqm_core::metrics::{latency_histogram, BoundedLabel, QueueGauges};
+use openhqm_core::metrics::{counter, gauge, latency_histogram, BoundedLabel, QueueGauges};
 use openhqm_core::queue::Queue;
-use prometheus::{HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,22 +43,6 @@ pub struct Metrics {
     pub request_latency: HistogramVec,
     pub request_routes: BoundedLabel,
     pub queues: QueueGauges,
-}
-
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("metric registered once");
-    c
-}
-
-fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("metric registered once");
-    g
 }
 
 impl Metrics {
