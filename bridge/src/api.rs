@@ -17,7 +17,7 @@ use openhqm_core::envelope::{
 };
 use openhqm_core::model::{is_valid_correlation_id, result_json, RequestRecord, Status};
 use openhqm_core::queue::{Message, QueueError};
-use openhqm_core::store::{IdempotencyClaim, PutOutcome};
+use openhqm_core::store::IdempotencyClaim;
 use openhqm_core::telemetry::TraceSpan;
 use openhqm_core::time::now_rfc3339;
 use openhqm_trace::SpanKind;
@@ -427,35 +427,19 @@ async fn accept_logged(
             let _ = state.store.release_idempotency_key(&idem.key, &id).await;
         }
     };
-    // A correlation ID the client chose (through the filter) must be new.
-    if envelope.source == Source::Filter {
-        match state.store.get(&id).await {
-            Ok(None) => {}
-            Ok(Some(_)) => {
-                release().await;
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "duplicate_correlation_id",
-                    "a request with this correlation ID was already accepted",
-                ));
-            }
-            Err(e) => {
-                release().await;
-                return Err(store_down(&e));
-            }
-        }
-    }
-    let record = RequestRecord::pending(&id, &envelope.submitted_at);
     // PENDING first: once published, a worker may mark the request
-    // PROCESSING at any moment, and that must not be overwritten.
-    match state.store.put(&record, state.ttl).await {
-        Ok(PutOutcome::Written) => {}
-        Ok(PutOutcome::KeptFinal) => {
+    // PROCESSING at any moment, and that must not be overwritten. Written
+    // only if the ID is new, which also refuses an ID a client reused
+    // (through the filter's trusted inbound correlation header).
+    let record = RequestRecord::pending(&id, &envelope.submitted_at);
+    match state.store.create(&record, state.ttl).await {
+        Ok(true) => {}
+        Ok(false) => {
             release().await;
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "duplicate_correlation_id",
-                "a request with this correlation ID has already completed",
+                "a request with this correlation ID was already accepted",
             ));
         }
         Err(e) => {

@@ -652,6 +652,42 @@ pub async fn store_keeps_the_first_final_outcome(factory: &StoreFactory) {
     assert!(store.get(&id).await.expect("get").is_none());
 }
 
+/// `create` writes a new request's record once: a second create with the
+/// same ID (pending or final) is refused and changes nothing; an expired
+/// record no longer counts.
+pub async fn store_create_refuses_an_existing_id(factory: &StoreFactory) {
+    let store = factory().await;
+    let ttl = Duration::from_secs(60);
+    let id = uuid::Uuid::new_v4().to_string();
+    let first = record(&id, Status::Pending);
+    assert!(store.create(&first, ttl).await.expect("create"));
+    let mut again = record(&id, Status::Pending);
+    again.submitted_at = "2030-01-01T00:00:00.000Z".into();
+    assert!(
+        !store.create(&again, ttl).await.expect("create"),
+        "reused ID accepted"
+    );
+    assert_eq!(store.get(&id).await.expect("get"), Some(first));
+    let done = record(&id, Status::Completed);
+    store.put(&done, ttl).await.expect("put");
+    assert!(!store.create(&again, ttl).await.expect("create"));
+    assert_eq!(store.get(&id).await.expect("get"), Some(done));
+
+    let short = uuid::Uuid::new_v4().to_string();
+    assert!(store
+        .create(&record(&short, Status::Pending), Duration::from_millis(300))
+        .await
+        .expect("create"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        store
+            .create(&record(&short, Status::Pending), ttl)
+            .await
+            .expect("create"),
+        "an expired record still blocks its ID"
+    );
+}
+
 /// Records disappear after their TTL.
 pub async fn store_records_expire(factory: &StoreFactory) {
     let store = factory().await;
@@ -823,6 +859,7 @@ macro_rules! store_conformance_tests {
     ($guard:expr, $factory:expr) => {
         $crate::store_conformance_tests!(@cases $guard, $factory;
             store_keeps_the_first_final_outcome,
+            store_create_refuses_an_existing_id,
             store_records_expire,
             store_wait_final_wakes_on_completion_elsewhere,
             store_idempotency_keys_are_claimed_once

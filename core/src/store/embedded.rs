@@ -75,6 +75,31 @@ impl ResultStore for EmbeddedStore {
         })
     }
 
+    async fn create(&self, record: &RequestRecord, ttl: Duration) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let id = record.correlation_id.clone();
+        let status = record.status.as_str();
+        let is_final = record.status.is_final();
+        let expires = now().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2));
+        let changed = self
+            .db
+            .call(move |conn| {
+                // An expired row counts as absent.
+                conn.execute(
+                    "INSERT INTO results (id, status, is_final, record, expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT(id) DO UPDATE SET
+                        status = excluded.status, is_final = excluded.is_final,
+                        record = excluded.record, expires_at = excluded.expires_at
+                     WHERE results.expires_at <= ?6",
+                    params![id, status, is_final, json, expires, now()],
+                )
+            })
+            .await
+            .map_err(StoreError::Unavailable)?;
+        Ok(changed == 1)
+    }
+
     async fn get(&self, correlation_id: &str) -> Result<Option<RequestRecord>, StoreError> {
         let id = correlation_id.to_string();
         let row: Option<String> = self

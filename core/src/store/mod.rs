@@ -56,6 +56,17 @@ pub trait ResultStore: Send + Sync {
     /// Insert or replace the record, unless the stored one is final.
     async fn put(&self, record: &RequestRecord, ttl: Duration) -> Result<PutOutcome, StoreError>;
 
+    /// Store a new request's record only if no unexpired record has this
+    /// ID (the bridge's PENDING write, which also refuses a reused ID);
+    /// true when written. The default reads, then writes (not atomic);
+    /// built-in stores do it in one step.
+    async fn create(&self, record: &RequestRecord, ttl: Duration) -> Result<bool, StoreError> {
+        if self.get(&record.correlation_id).await?.is_some() {
+            return Ok(false);
+        }
+        Ok(self.put(record, ttl).await? == PutOutcome::Written)
+    }
+
     /// The record, if it exists and has not expired.
     async fn get(&self, correlation_id: &str) -> Result<Option<RequestRecord>, StoreError>;
 

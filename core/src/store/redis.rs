@@ -333,6 +333,24 @@ impl ResultStore for RedisStore {
         })
     }
 
+    async fn create(&self, record: &RequestRecord, ttl: Duration) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let ttl_ms = u64::try_from(ttl.as_millis())
+            .unwrap_or(u64::MAX / 2)
+            .max(1);
+        let con = self.commands().await?;
+        let key = self.key(&record.correlation_id);
+        // One round trip, no script: SET ... NX answers nil when the key exists.
+        let set: Option<String> = call(&con, COMMAND_TIMEOUT, |mut con| {
+            let mut set = redis::cmd("SET");
+            set.arg(&key).arg(&json).arg("PX").arg(ttl_ms).arg("NX");
+            async move { set.query_async(&mut con).await }
+        })
+        .await
+        .map_err(unavailable)?;
+        Ok(set.is_some())
+    }
+
     async fn get(&self, correlation_id: &str) -> Result<Option<RequestRecord>, StoreError> {
         let con = self.commands().await?;
         let key = self.key(correlation_id);
