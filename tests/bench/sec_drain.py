@@ -1,0 +1,144 @@
+"""Section `drain`: how fast workers empty a backlog.
+
+N messages (DRAIN_N) are submitted through the bridge with no worker
+running (exactly N: lua/preload.lua), then K worker processes are spawned at
+once, each with its own admin port, proxying every message to
+POST /echo/drain on the sample app. msgs/s = N / (time from spawning the
+workers until the sum of openhqm_worker_messages_total{outcome="completed"}
+over their /metrics reaches N), polled every 50 ms; worker start-up is
+included. Every message must complete exactly once, nothing may fail, and
+the queue must be empty afterwards.
+
+Baseline: wrk sending the same request straight to the app at the
+workers' total concurrency (K x worker.concurrency).
+"""
+import time
+
+from common import (BenchError, ORDER, body_file, hwm, log, lua_script, median_row, metric_sum, require_clean,
+                    wrk)
+from stack import App, LogTrimmer, Worker, drop_bridge, fresh_bridge, QueueSpace
+from sec_submit import SUBMIT
+
+POLL = 0.05
+
+
+def preload(S, bridge, n, script, env):
+    r = wrk(bridge.url + "/api/v1/submit", 32, 3600, script, env={**env, "BENCH_LIMIT": str(n)},
+            threads=1, label=f"drain-preload-{bridge.space.backend}")
+    if r["statuses"] != {"202": n} or r["errors"]["connect"] or r["errors"]["timeout"]:
+        raise BenchError(f"drain preload: expected {n} x 202, got {r['statuses']} errors {r['errors']}; "
+                         f"see {r['log']}")
+    depth = bridge.depth()
+    if depth != n:
+        raise BenchError(f"drain preload: {n} accepted but the queue holds {depth}; see {bridge.proc.log}")
+    return r
+
+
+def drain_once(S, app, backend, k, pre_script, env):
+    n = S.drain_n
+    space, bridge = fresh_bridge(S, backend, app.port, name=f"bridge-drain-{backend}")
+    workers = []
+    try:
+        pre = preload(S, bridge, n, pre_script, env)
+        t0 = time.monotonic()
+        workers = [Worker(S, space, app.port, index=i, wait=False) for i in range(k)]
+        deadline = t0 + max(120, n / 100)
+        completed, texts = 0, []
+        while True:
+            texts = [w.metrics_or_empty() for w in workers]
+            completed = sum(metric_sum(t, "openhqm_worker_messages_total", outcome="completed") for t in texts)
+            if completed >= n:
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(f"drain {backend} K={k}: only {completed:.0f} of {n} completed after "
+                                 f"{deadline - t0:.0f} s; see {', '.join(w.proc.log for w in workers)}")
+            app.proc.check()
+            time.sleep(POLL)
+        t1 = time.monotonic()
+        outcomes = sum(metric_sum(t, "openhqm_worker_messages_total") for t in texts)
+        app.proc.check()
+        # Acks follow the counter closely: give the queue a moment to be empty.
+        left = None
+        for _ in range(100):
+            left = bridge.depth_total()
+            if left == 0:
+                break
+            time.sleep(0.05)
+        problems = []
+        if completed != n:
+            problems.append(f"{completed:.0f} completions for {n} messages (duplicates)")
+        if outcomes != completed:
+            problems.append(f"{outcomes - completed:.0f} messages settled otherwise than completed")
+        if left:
+            problems.append(f"{left} messages still in the queue")
+        if problems:
+            raise BenchError(f"drain {backend} K={k}: " + "; ".join(problems) +
+                             f"; see {', '.join(w.proc.log for w in workers)}")
+        return {
+            "rate": n / (t1 - t0), "seconds": t1 - t0, "n": n, "preload_rps": pre["rps"],
+            "peak_rss": max(hwm(w.proc) for w in workers),
+            "metrics_bytes": len(texts[0].encode()),
+        }
+    finally:
+        for w in workers:
+            w.stop()
+        drop_bridge(bridge)
+
+
+def idle_worker_metrics(S, app):
+    """A worker's /metrics once ready, before it has seen a message."""
+    space = QueueSpace(S, "redis")
+    w = Worker(S, space, app.port, index=0)
+    try:
+        time.sleep(0.5)
+        return len(w.metrics_or_empty().encode())
+    finally:
+        w.stop()
+        space.cleanup()
+
+
+def run(S):
+    app = App(S)
+    pre_script = lua_script("post", "preload", "report")
+    post_script = lua_script("post", "report")
+    env = {"BENCH_BODY": body_file("submit.json", SUBMIT)}
+    base_env = {"BENCH_BODY": body_file("order.json", ORDER)}
+    out = {"n": S.drain_n, "workers": S.drain_workers, "concurrency": S.worker_concurrency,
+           "batch": S.worker_batch, "redis": {}, "embedded": {}, "baseline": {}}
+    out["worker_metrics_bytes_before"] = idle_worker_metrics(S, app)
+    with LogTrimmer(app):
+        for backend in ("redis", "embedded"):
+            try:
+                for k in S.drain_workers:
+                    if k == S.drain_workers[0]:  # warm-up (page cache, Redis, the app)
+                        drain_once(S, app, backend, k, pre_script, env)
+                    runs = []
+                    for i in range(S.runs):
+                        r = drain_once(S, app, backend, k, pre_script, env)
+                        runs.append(r)
+                        log(f"drain {backend} K={k} run {i + 1}/{S.runs}: {r['rate']:,.0f} msgs/s "
+                            f"({r['n']} in {r['seconds']:.2f} s), preload {r['preload_rps']:,.0f} req/s")
+                    out[backend][str(k)] = {
+                        "rate": median_row(runs, keys=("rate",))["rate"],
+                        "seconds": median_row(runs, keys=("seconds",))["seconds"],
+                        "runs": [round(r["rate"]) for r in runs],
+                        "peak_rss": max(r["peak_rss"] for r in runs),
+                        "metrics_bytes": runs[-1]["metrics_bytes"],
+                    }
+            except BenchError as e:
+                if backend == "redis":
+                    raise
+                # The embedded backend is optional here: report what happened.
+                out["embedded"]["failed"] = str(e)
+                log(f"drain embedded failed: {e}")
+        for k in S.drain_workers:
+            conns = k * S.worker_concurrency
+            runs = []
+            for i in range(S.runs):
+                r = wrk(f"{app.url}/echo/drain", conns, S.duration, post_script, env=base_env,
+                        label=f"drain-baseline-c{conns}")
+                require_clean(r, f"drain baseline, {conns} connections")
+                runs.append(r)
+                log(f"drain baseline c={conns} run {i + 1}/{S.runs}: {r['rps']:,.0f} req/s")
+            out["baseline"][str(k)] = {**median_row(runs), "conns": conns, "runs": [round(r["rps"]) for r in runs]}
+    return out
