@@ -394,7 +394,8 @@ def machine_info():
 
 # ---------------------------------------------------------------- Prometheus
 
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)')
+# Label values may contain braces (route="/api/v1/status/{id}").
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[^"}]|"(?:[^"\\]|\\.)*")*\})?\s+(\S+)')
 
 
 def metric_sum(text, name, **labels):
@@ -461,13 +462,32 @@ def lua_script(*parts):
     return out
 
 
-def wrk(url, conns, duration, script, env=None, threads=None, timeout_s="10s", label=""):
+def wrk(url, conns, duration, script, env=None, threads=None, timeout_s="10s", label="", until=None):
     """Run wrk with a script whose `done` hook prints one `BENCH_RESULT {json}`
     line (lua/report.lua). Returns a dict with rps, latency percentiles in
-    ms, request count and error counts; the raw output is kept in the logs."""
+    ms, request count and error counts; the raw output is kept in the logs.
+
+    `until`: a callable polled every 50 ms; once it returns true wrk gets
+    SIGINT and reports at once. (A script that stops its thread does not end
+    wrk: its main thread sleeps for the whole -d.) `duration` is then only
+    the upper bound."""
     threads = threads or S.wrk_threads
     argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", f"--timeout", timeout_s, "-s", script, url]
-    r = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+    try:
+        if until is not None:
+            while proc.poll() is None:
+                if until():
+                    proc.send_signal(signal.SIGINT)
+                    break
+                time.sleep(0.05)
+        stdout, stderr = proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    r = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
     os.makedirs(LOGS, exist_ok=True)
     _seq[0] += 1
     out_log = os.path.join(LOGS, f"{_seq[0]:03d}-wrk{('-' + label) if label else ''}.log")

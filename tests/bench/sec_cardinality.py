@@ -9,7 +9,7 @@ request. (The worker's /metrics before/after a drain is in the drain section.)
 """
 import time
 
-from common import BenchError, free_port, hwm, log, lua_script, rss, series_count, wrk
+from common import BenchError, free_port, hwm, log, lua_script, metric_sum, rss, series_count, wrk
 from stack import drop_bridge, fresh_bridge
 
 
@@ -26,10 +26,13 @@ def run(S):
         # One request of each kind first, so "before" already has their
         # (bounded) label values and only growth beyond that shows.
         script = lua_script("paths", "report")
-        wrk(bridge.url, 1, 60, script, env={"BENCH_LIMIT": "2"}, threads=1, label="cardinality-prime")
+        answered = lambda: metric_sum(bridge.metrics(), "openhqm_http_requests_total", status="404")
+        wrk(bridge.url, 1, 60, script, env={"BENCH_LIMIT": "2"}, threads=1, label="cardinality-prime",
+            until=lambda: answered() >= 2)
         before = snapshot(bridge)
         t0 = time.monotonic()
-        r = wrk(bridge.url, 32, 3600, script, env={"BENCH_LIMIT": str(n)}, threads=1, label="cardinality")
+        r = wrk(bridge.url, 32, int(max(120, n / 500)), script, env={"BENCH_LIMIT": str(n)}, threads=1,
+                label="cardinality", until=lambda: answered() >= n + 2)
         seconds = time.monotonic() - t0
         if set(r["statuses"]) != {"404"} or r["errors"]["connect"] or r["errors"]["timeout"]:
             raise BenchError(f"cardinality: expected only 404 answers, got {r['statuses']} errors {r['errors']}; "

@@ -15,7 +15,7 @@ workers' total concurrency (K x worker.concurrency).
 import time
 
 from common import (BenchError, ORDER, body_file, hwm, log, lua_script, median_row, metric_sum, require_clean,
-                    wrk)
+                    series_count, wrk)
 from stack import App, LogTrimmer, Worker, drop_bridge, fresh_bridge, QueueSpace
 from sec_submit import SUBMIT
 
@@ -23,8 +23,9 @@ POLL = 0.05
 
 
 def preload(S, bridge, n, script, env):
-    r = wrk(bridge.url + "/api/v1/submit", 32, 3600, script, env={**env, "BENCH_LIMIT": str(n)},
-            threads=1, label=f"drain-preload-{bridge.space.backend}")
+    r = wrk(bridge.url + "/api/v1/submit", 32, int(max(60, n / 200)), script, env={**env, "BENCH_LIMIT": str(n)},
+            threads=1, label=f"drain-preload-{bridge.space.backend}",
+            until=lambda: bridge.accepted("api") >= n)
     if r["statuses"] != {"202": n} or r["errors"]["connect"] or r["errors"]["timeout"]:
         raise BenchError(f"drain preload: expected {n} x 202, got {r['statuses']} errors {r['errors']}; "
                          f"see {r['log']}")
@@ -77,7 +78,7 @@ def drain_once(S, app, backend, k, pre_script, env):
         return {
             "rate": n / (t1 - t0), "seconds": t1 - t0, "n": n, "preload_rps": pre["rps"],
             "peak_rss": max(hwm(w.proc) for w in workers),
-            "metrics_bytes": len(texts[0].encode()),
+            "metrics": {"bytes": len(texts[0].encode()), "series": series_count(texts[0])},
         }
     finally:
         for w in workers:
@@ -91,7 +92,8 @@ def idle_worker_metrics(S, app):
     w = Worker(S, space, app.port, index=0)
     try:
         time.sleep(0.5)
-        return len(w.metrics_or_empty().encode())
+        text = w.metrics_or_empty()
+        return {"bytes": len(text.encode()), "series": series_count(text)}
     finally:
         w.stop()
         space.cleanup()
@@ -105,7 +107,7 @@ def run(S):
     base_env = {"BENCH_BODY": body_file("order.json", ORDER)}
     out = {"n": S.drain_n, "workers": S.drain_workers, "concurrency": S.worker_concurrency,
            "batch": S.worker_batch, "redis": {}, "embedded": {}, "baseline": {}}
-    out["worker_metrics_bytes_before"] = idle_worker_metrics(S, app)
+    out["worker_metrics_before"] = idle_worker_metrics(S, app)
     with LogTrimmer(app):
         for backend in ("redis", "embedded"):
             try:
@@ -123,7 +125,7 @@ def run(S):
                         "seconds": median_row(runs, keys=("seconds",))["seconds"],
                         "runs": [round(r["rate"]) for r in runs],
                         "peak_rss": max(r["peak_rss"] for r in runs),
-                        "metrics_bytes": runs[-1]["metrics_bytes"],
+                        "metrics": runs[-1]["metrics"],
                     }
             except BenchError as e:
                 if backend == "redis":

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import threading
+import time
 
 from common import (CONF, DATA, BenchError, free_port, get_text, http, log, metric_sum, redis_delete_prefix,
                     redis_xlen, spawn, stop, wait_http)
@@ -207,3 +208,18 @@ def drop_bridge(bridge):
         return
     bridge.stop()
     bridge.space.cleanup()
+
+
+def settle(bridge, source, timeout=5):
+    """The bridge's accepted count (`source`: filter or api) once it has
+    not moved for 0.3 s: requests in flight when wrk stopped still finish."""
+    last, since = -1, time.monotonic()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        n = bridge.accepted(source)
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since > 0.3:
+            break
+        time.sleep(0.05)
+    return last

@@ -3,7 +3,11 @@
 -- more meanwhile send GET /health/live instead, which is not counted: a
 -- submit answers 202 (or an error), never 200.
 local limit = tonumber(os.getenv("BENCH_LIMIT"))
-local issued = 0
+-- wrk calls request() once on the first thread before the run to check it
+-- (script_verify_request) and never sends that one: start at -1. bench.py
+-- checks the exact count afterwards, so a wrk that behaves otherwise fails
+-- loudly instead of preloading the wrong number.
+local issued = -1
 local answered = 0
 local submit, filler
 statuses = {}
