@@ -7,14 +7,15 @@ Variants:
   shipped   envoy/envoy.yaml as it is (filter skipped on routes it never captures)
   every     the filter runs on every request (per-route disable removed)
   off       the Wasm filter removed from the chain
-  direct    no filter; POST /echo/* answered 202 by Envoy itself (direct_response)
+  direct    no filter; POST /echo/* answered 202 by Envoy itself (direct_response,
+            after the buffer filter has read the body)
   app       no filter; /echo/* proxied to the app
   capture   shipped + the filter captures POST /echo/async (async) and
             POST /echo/wait (wait mode), /echo/* routed with the filter on
 """
 import os
 
-from common import ROOT, BenchError, free_port, spawn, wait_http
+from common import ROOT, BenchError, free_port, get_text, spawn, wait_http
 
 PER_ROUTE_DISABLE = """                          typed_per_filter_config:
                             envoy.filters.http.wasm:
@@ -31,6 +32,14 @@ ECHO_DIRECT = ('                        - match: { prefix: "/echo/" }\n'
                '                            status: 202\n'
                '                            body: { inline_string: \'{"status":"PENDING"}\' }\n')
 FILTER_ROUTES_ANCHOR = '"routes": ['
+# An HTTP/1.1 response sent before the request body has been read makes
+# Envoy close the connection: direct_response alone would measure a new TCP
+# connection per request. The buffer filter reads the whole body first, as
+# the capture filter does.
+BUFFER_FILTER = ('                  - name: envoy.filters.http.buffer\n'
+                 '                    typed_config:\n'
+                 '                      "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer\n'
+                 '                      max_request_bytes: 1048576\n')
 BENCH_FILTER_ROUTES = (
     '{"name": "bench-async", "prefix": "/echo/async", "methods": ["POST"]}, '
     '{"name": "bench-wait", "prefix": "/echo/wait", "methods": ["POST"], "mode": "wait", "wait_ms": 10000}, '
@@ -65,6 +74,7 @@ def render(variant, listener, app, bridge, admin, wasm):
         text = text.replace(ROUTES_ANCHOR, ECHO_ROUTE + ROUTES_ANCHOR, 1)
     if variant == "direct":
         text = text.replace(ROUTES_ANCHOR, ECHO_DIRECT + ROUTES_ANCHOR, 1)
+        text = text.replace(FILTER_END, BUFFER_FILTER + FILTER_END, 1)
     if variant == "capture":
         text = text.replace(FILTER_ROUTES_ANCHOR, FILTER_ROUTES_ANCHOR + BENCH_FILTER_ROUTES, 1)
     return text
@@ -85,3 +95,23 @@ def start(S, variant, app_port, bridge_port, name=None, concurrency=None):
     p.config = path
     wait_http(f"http://127.0.0.1:{admin}/ready", p, timeout=60)
     return p
+
+
+def downstream_connections(p):
+    """Connections Envoy has accepted on the listener so far."""
+    text = get_text(f"http://127.0.0.1:{p.admin}/stats?filter=http.ingress_http.downstream_cx_total")
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == "http.ingress_http.downstream_cx_total":
+            return int(value)
+    raise BenchError(f"{p.name}: no downstream_cx_total in its stats; see {p.log}")
+
+
+def check_keepalive(p, before, conns, requests, what):
+    """wrk keeps its connections open; an Envoy that closes them would make
+    the run measure TCP set-up instead of requests."""
+    opened = downstream_connections(p) - before
+    if opened > 2 * conns + 5:
+        raise BenchError(f"{what}: Envoy accepted {opened} connections for {requests} requests from {conns} "
+                         f"keep-alive connections (it is closing them); see {p.config}")
+    return opened

@@ -6,7 +6,7 @@ from common import ROOT
 DOC = os.path.join(ROOT, "docs", "benchmarks.md")
 MIB = 2 ** 20
 
-INGRESS = {"direct": "Envoy answers 202 itself (direct_response)", "app": "Envoy -> app, no filter (baseline)",
+INGRESS = {"direct": "Envoy answers 202 itself (buffer filter + direct_response)", "app": "Envoy -> app, no filter (baseline)",
            "embedded": "filter -> bridge -> embedded queue", "redis": "filter -> bridge -> Redis Streams"}
 SUBMIT = {"embedded": "bridge, embedded queue", "redis": "bridge, Redis Streams",
           "xadd": "redis-benchmark XADD of the same entry (baseline)"}
@@ -157,7 +157,10 @@ def ingress_section(results):
         "starts on an empty queue (a fresh bridge with its own Redis keys or data directory); after it the "
         "queue must have grown by the answers wrk counted (plus at most one request in flight per connection "
         "when wrk stopped), the bridge's accepted counter must agree (and `XLEN` on Redis), and there must be no "
-        "non-2xx answer or socket error, or the section fails.", ""]
+        "non-2xx answer or socket error, or the section fails. Envoy must also keep wrk's connections open (its "
+        "`downstream_cx_total` is checked): a `direct_response` sent before the request body is read makes "
+        "Envoy close the connection after every request, so that variant reads the body first with the "
+        "buffer filter, as the OpenHQM filter does.", ""]
     if not ok(results, "ingress"):
         return out
     for c, rows in sorted(s["rows"].items(), key=lambda kv: int(kv[0])):

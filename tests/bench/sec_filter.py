@@ -29,9 +29,11 @@ def run(S):
         for i in range(S.runs):
             # Rotate the order so no variant always runs first.
             for v in order[i % len(order):] + order[:i % len(order)]:
+                cx0 = envoy_config.downstream_connections(envoys[v])
                 r = wrk(f"http://127.0.0.1:{envoys[v].port}/healthz", conns, S.duration, script,
                         label=f"filter-{v}-c{conns}")
                 require_clean(r, f"filter cost, {v}, {conns} connections")
+                envoy_config.check_keepalive(envoys[v], cx0, conns, r["requests"], f"filter cost, {v}")
                 for e in envoys.values():
                     e.check()
                 app.proc.check()

@@ -74,8 +74,10 @@ def run(S):
             smoke(url, variant, body)
             if bridge:
                 depth0, acc0 = bridge.depth(), settle(bridge, "filter")
+            cx0 = envoy_config.downstream_connections(envoys[variant])
             r = wrk(url, conns, duration, script, env=env, label=label)
             require_clean(r, f"ingress {variant}, {conns} connections")
+            envoy_config.check_keepalive(envoys[variant], cx0, conns, r["requests"], f"ingress {variant}")
             for p in (envoys[variant].check, app.proc.check):
                 p()
             if bridge:

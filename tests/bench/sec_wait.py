@@ -41,9 +41,11 @@ def run(S):
                 wrk(f"http://127.0.0.1:{envoys[v].port}{PATH}", 1, S.warmup, script, env=env, label=f"wait-warmup-{v}")
             for i in range(S.runs):
                 for v in VARIANTS[i % 2:] + VARIANTS[:i % 2]:
+                    cx0 = envoy_config.downstream_connections(envoys[v])
                     r = wrk(f"http://127.0.0.1:{envoys[v].port}{PATH}", 1, S.duration, script, env=env,
                             label=f"wait-{v}")
                     require_clean(r, f"wait mode, {v}")
+                    envoy_config.check_keepalive(envoys[v], cx0, 1, r["requests"], f"wait mode, {v}")
                     if set(r["statuses"]) != {"200"}:
                         raise BenchError(f"wait mode, {v}: answers {r['statuses']}, expected only 200; see {r['log']}")
                     for p in (app.proc, worker.proc, bridge.proc, *envoys.values()):
