@@ -12,7 +12,7 @@ Settings (environment):
   CONNS=32,128 FILTER_CONNS=32    wrk connections
   ENVOY_CONCURRENCY=1 WRK_THREADS=1
   DRAIN_N=20000 DRAIN_WORKERS=1,2,4 WORKER_CONCURRENCY=32 WORKER_BATCH=10
-  CARDINALITY_N=1000000 STARTS=5 IDLE_WAIT=3
+  CARDINALITY_N=1000000 STARTS=max(3,RUNS) IDLE_WAIT=3
   BIN_DIR=<root>/target/release ENVOY=<root>/target/tools/envoy
   WASM=<root>/target/wasm32-wasip1/wasm-release/openhqm_filter.wasm
   REDIS_HOST=127.0.0.1 REDIS_PORT=6379

@@ -64,7 +64,7 @@ class Settings:
         self.worker_concurrency = env_int("WORKER_CONCURRENCY", 32)
         self.worker_batch = env_int("WORKER_BATCH", 10)
         self.cardinality_n = env_int("CARDINALITY_N", 1_000_000)
-        self.starts = env_int("STARTS", 5)
+        self.starts = env_int("STARTS", max(3, self.runs))
         self.idle_wait = env_int("IDLE_WAIT", 3)
         self.redis_host = os.environ.get("REDIS_HOST", "127.0.0.1")
         self.redis_port = env_int("REDIS_PORT", 6379)

@@ -79,31 +79,44 @@ def provenance(results, name):
 
 # ------------------------------------------------------------------ targets
 
+# Which section a target's figure comes from (by the start of its name).
+TARGET_SECTIONS = (("Ingress", "ingress"), ("Bridge submit", "submit"), ("Worker drain", "drain"),
+                   ("Bridge RSS idle", "footprint"), ("Worker RSS idle", "footprint"),
+                   ("Filter cost", "filter"))
+
 def targets(results):
     rows = []
 
     def add(name, measured, goal, passed, margin):
         rows.append((name, measured, goal, passed, margin))
 
-    def at_least(name, value, floor, fmt, unit=""):
+    # Margins are relative to the goal ("12% above"), or in percentage
+    # points for goals that are percentages themselves.
+    def at_least(name, value, floor, fmt, unit="", points=False):
         if value is None:
             return add(name, "not measured", f">= {fmt(floor)}{unit}", None, "")
         p = value >= floor
-        m = f"{(value / floor - 1) * 100:.0f}% above" if p else f"{(1 - value / floor) * 100:.0f}% short"
+        if points:
+            m = f"{abs(value - floor):.1f} points {'above' if p else 'short'}"
+        else:
+            m = f"{(value / floor - 1) * 100:.0f}% above" if p else f"{(1 - value / floor) * 100:.0f}% short"
         add(name, f"{fmt(value)}{unit}", f">= {fmt(floor)}{unit}", p, m)
 
-    def at_most(name, value, limit, fmt, unit="", strict=False):
+    def at_most(name, value, limit, fmt, unit="", strict=False, points=False):
         if value is None:
             return add(name, "not measured", f"{'<' if strict else '<='} {fmt(limit)}{unit}", None, "")
         p = value < limit if strict else value <= limit
-        m = f"{(1 - value / limit) * 100:.0f}% under" if p else f"{(value / limit - 1) * 100:.0f}% over"
+        if points:
+            m = f"{abs(limit - value):.1f} points {'under' if p else 'over'}"
+        else:
+            m = f"{(1 - value / limit) * 100:.0f}% under" if p else f"{(value / limit - 1) * 100:.0f}% over"
         add(name, f"{fmt(value)}{unit}", f"{'<' if strict else '<='} {fmt(limit)}{unit}", p, m)
 
     ing = ok(results, "ingress")
     r = (ing or {}).get("rows", {}).get("32", {})
     if "redis" in r and "app" in r:
         at_least("Ingress on Redis, 32 connections: req/s as a share of Envoy -> app",
-                 r["redis"]["rps"] / r["app"]["rps"] * 100, 60, lambda x: f"{x:.0f}", "%")
+                 r["redis"]["rps"] / r["app"]["rps"] * 100, 60, lambda x: f"{x:.0f}", "%", points=True)
         at_most("Ingress on Redis, 32 connections: p99 as a multiple of Envoy -> app's p99",
                 r["redis"]["p99"] / r["app"]["p99"], 2, lambda x: f"{x:.2f}", "x")
     else:
@@ -133,8 +146,15 @@ def targets(results):
     r = (fc or {}).get("rows", {}).get("32")
     loss = (1 - r["shipped"]["rps"] / r["off"]["rps"]) * 100 if r else None
     at_most("Filter cost on passthrough routes (as shipped), 32 connections: throughput loss", loss, 10,
-            lambda x: f"{x:.1f}", "%", strict=True)
+            lambda x: f"{x:.1f}", "%", strict=True, points=True)
     lines = ["| target | measured | goal | result | margin |", "|---|---|---|---|---|"]
+    last = results.get("last_run", {}).get("date")
+    for i, row in enumerate(rows):
+        name = row[0]
+        src = next((s for key, s in TARGET_SECTIONS if name.startswith(key)), None)
+        date = (sec(results, src) or {}).get("meta", {}).get("date") if src else None
+        if date and date != last and row[3] is not None:
+            rows[i] = (name, f"{row[1]} (run of {date})") + row[2:]
     for name, measured, goal, passed, margin in rows:
         verdict = "not measured" if passed is None else ("**pass**" if passed else "**MISS**")
         lines.append(f"| {name} | {measured} | {goal} | {verdict} | {margin} |")
@@ -317,13 +337,19 @@ def cardinality_section(results):
             "(lua/paths.lua, 32 connections), against a bridge on Redis. Before: after one request of each kind.", ""]
     if ok(results, "cardinality"):
         b, a = s["before"], s["after"]
-        out += [f"| bridge, {n0(s['answered'])} distinct paths ({n0(s['rps'])} req/s) | before | after | change |",
+        out += [f"Median of {s.get('runs', 1)} run(s), each on a fresh bridge.", "",
+                f"| bridge, {n0(s['answered'])} distinct paths ({n0(s['rps'])} req/s) | before | after | change |",
                 "|---|---|---|---|",
                 f"| `/metrics` bytes | {n0(b['metrics_bytes'])} | {n0(a['metrics_bytes'])} | "
                 f"{pct(a['metrics_bytes'], b['metrics_bytes'])} |",
-                f"| `/metrics` series | {n0(b['series'])} | {n0(a['series'])} | {a['series'] - b['series']:+d} |",
+                f"| `/metrics` series | {n0(b['series'])} | {n0(a['series'])} | {a['series'] - b['series']:+.0f} |",
                 f"| RSS MiB | {mib(b['rss'])} | {mib(a['rss'])} (peak {mib(a['peak_rss'])}) | "
                 f"{pct(a['rss'], b['rss'])} |", ""]
+        if a["series"] == b["series"]:
+            out += ["No new series: `/metrics` grows only because its counters and sums have more digits.", ""]
+        else:
+            out += [f"**{a['series'] - b['series']:+.0f} series** after {n0(s['answered'])} distinct paths: "
+                    "some label follows the path.", ""]
     if d and "worker_metrics_before" in d and d.get("redis", {}).get("1", {}).get("metrics"):
         b, a = d["worker_metrics_before"], d["redis"]["1"]["metrics"]
         out += [f"| worker, before/after draining {n0(d['n'])} messages (1 worker, Redis) | before | after | change |",

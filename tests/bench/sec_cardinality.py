@@ -7,6 +7,7 @@ before (IDLE_WAIT s after start) and after. Bounded labels keep /metrics
 the same size; a label carrying the raw path would grow it by a series per
 request. (The worker's /metrics before/after a drain is in the drain section.)
 """
+import statistics
 import time
 
 from common import BenchError, free_port, hwm, log, lua_script, metric_sum, rss, series_count, wrk
@@ -18,8 +19,7 @@ def snapshot(bridge):
     return {"metrics_bytes": len(text.encode()), "series": series_count(text), "rss": rss(bridge.proc)}
 
 
-def run(S):
-    n = S.cardinality_n
+def once(S, n):
     space, bridge = fresh_bridge(S, "redis", free_port(), name="bridge-cardinality")
     try:
         time.sleep(S.idle_wait)
@@ -30,21 +30,38 @@ def run(S):
         wrk(bridge.url, 1, 60, script, env={"BENCH_LIMIT": "2"}, threads=1, label="cardinality-prime",
             until=lambda: answered() >= 2)
         before = snapshot(bridge)
-        t0 = time.monotonic()
         r = wrk(bridge.url, 32, int(max(120, n / 500)), script, env={"BENCH_LIMIT": str(n)}, threads=1,
                 label="cardinality", until=lambda: answered() >= n + 2)
-        seconds = time.monotonic() - t0
         if set(r["statuses"]) != {"404"} or r["errors"]["connect"] or r["errors"]["timeout"]:
             raise BenchError(f"cardinality: expected only 404 answers, got {r['statuses']} errors {r['errors']}; "
                              f"see {r['log']}")
-        answered = r["statuses"]["404"]
-        if answered < n:
-            raise BenchError(f"cardinality: only {answered} of {n} requests answered; see {r['log']}")
+        got = r["statuses"]["404"]
+        if got < n:
+            raise BenchError(f"cardinality: only {got} of {n} requests answered; see {r['log']}")
         time.sleep(1)
         after = snapshot(bridge)
         after["peak_rss"] = hwm(bridge.proc)
-        log(f"cardinality: {answered:,} distinct paths in {seconds:.0f} s; /metrics {before['metrics_bytes']:,} -> "
-            f"{after['metrics_bytes']:,} bytes, RSS {before['rss'] / 2**20:.1f} -> {after['rss'] / 2**20:.1f} MiB")
-        return {"n": n, "answered": answered, "rps": r["rps"], "before": before, "after": after}
+        return {"answered": got, "rps": r["rps"], "before": before, "after": after}
     finally:
         drop_bridge(bridge)
+
+
+def run(S):
+    n = S.cardinality_n
+    runs = []
+    for i in range(S.runs):
+        r = once(S, n)
+        runs.append(r)
+        b, a = r["before"], r["after"]
+        log(f"cardinality run {i + 1}/{S.runs}: {r['answered']:,} distinct paths at {r['rps']:,.0f} req/s; "
+            f"/metrics {b['metrics_bytes']:,} -> {a['metrics_bytes']:,} bytes, "
+            f"RSS {b['rss'] / 2**20:.1f} -> {a['rss'] / 2**20:.1f} MiB")
+    med = lambda f: statistics.median(f(r) for r in runs)
+    keys_b = ("metrics_bytes", "series", "rss")
+    return {
+        "n": n, "runs": len(runs),
+        "answered": med(lambda r: r["answered"]), "rps": med(lambda r: r["rps"]),
+        "before": {k: med(lambda r: r["before"][k]) for k in keys_b},
+        "after": {k: med(lambda r: r["after"][k]) for k in keys_b + ("peak_rss",)},
+        "rss_after_runs": [r["after"]["rss"] for r in runs],
+    }
