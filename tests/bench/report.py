@@ -197,7 +197,9 @@ def ingress_section(results):
             q = ", ".join(map(n0, r["enqueued"])) if "enqueued" in r else "-"
             out.append(f"| {INGRESS[v]} | {n0(r['rps'])} | {ms(r['p50'])} | {ms(r['p99'])} | {vs} | {p99} | {q} |")
         out.append("")
-    out += ["![ingress](img/ingress.png)", ""]
+    out += [f"Command (per variant and run; `lua/post.lua` + `lua/report.lua` concatenated): "
+            f"`BENCH_BODY=order.json wrk -t{st.get('WRK_THREADS', 1)} -c<conns> -d{st.get('DURATION')}s --timeout 10s "
+            "-s post-report.lua http://127.0.0.1:<envoy>/echo/async`", "", "![ingress](img/ingress.png)", ""]
     return out
 
 
@@ -233,7 +235,12 @@ def submit_section(results):
                            f"{mib(r['peak_rss']) if 'peak_rss' in r else '-'} |")
         out.append("")
     out += ["Latencies are each tool's own: wrk's (from its `done` hook) for the bridge, redis-benchmark's "
-            "for XADD.", "", "![submit](img/submit.png)", ""]
+            "for XADD.", "",
+            f"Commands: `BENCH_BODY=submit.json wrk -t{st.get('WRK_THREADS', 1)} -c<conns> -d{st.get('DURATION')}s "
+            "--timeout 10s -s post-report.lua http://127.0.0.1:<bridge>/api/v1/submit`; "
+            "`redis-benchmark -c <conns> -n <n> --csv XADD <key> '*' <field> <value> ...` with the fields and values "
+            "of an entry the bridge wrote (n: about DURATION seconds' worth, from a 20,000-request calibration).", "",
+            "![submit](img/submit.png)", ""]
     return out
 
 
@@ -274,7 +281,11 @@ def drain_section(results):
     out.append("")
     if "failed" in s.get("embedded", {}):
         out += ["**Embedded backend: the drain failed:**", "", "```", s["embedded"]["failed"].strip(), "```", ""]
-    out += ["![drain](img/drain.png)", ""]
+    out += ["Commands: preload `BENCH_LIMIT=<N> wrk -t1 -c32 -s post-preload-report.lua "
+            "http://127.0.0.1:<bridge>/api/v1/submit` (stopped when the bridge has accepted N); workers "
+            "`OPENHQM_WORKER__ADMIN_PORT=<port> openhqm-worker --config <conf>` (config: .run/bench/conf/); "
+            f"baseline `wrk -t1 -c<K x {conc}> -d{st.get('DURATION')}s -s post-report.lua "
+            "http://127.0.0.1:<app>/echo/drain`.", "", "![drain](img/drain.png)", ""]
     return out
 
 
@@ -297,7 +308,11 @@ def wait_section(results):
             f"| Envoy -> app (baseline) | {ms(d['p50'])} | {ms(d['p90'])} | {ms(d['p99'])} | {n0(d['rps'])} |",
             f"| wait mode through the queue | {ms(w['p50'])} | {ms(w['p90'])} | {ms(w['p99'])} | {n0(w['rps'])} |",
             f"| **added by wait mode** | **{w['p50'] - d['p50']:+.2f}** | {w['p90'] - d['p90']:+.2f} | "
-            f"**{w['p99'] - d['p99']:+.2f}** | |", "", "![wait](img/wait.png)", ""]
+            f"**{w['p99'] - d['p99']:+.2f}** | |", "",
+            f"Command: `wrk -t1 -c1 -d{st.get('DURATION')}s -s post-count-report.lua "
+            "http://127.0.0.1:<envoy>/echo/wait` (the filter's route: "
+            "`{\"prefix\": \"/echo/wait\", \"methods\": [\"POST\"], \"mode\": \"wait\", \"wait_ms\": 10000}`).", "",
+            "![wait](img/wait.png)", ""]
     return out
 
 
@@ -423,7 +438,8 @@ def header(results):
         f"- Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory')}, {m.get('kernel')}, {m.get('os')}; "
         f"load average at the start {m.get('loadavg')}. Everything runs on this one machine over loopback: wrk, "
         "Envoy, the bridge, the workers, the sample app and Redis share its cores, so absolute figures are lower "
-        "than on separate hosts, and a busy machine makes them noisy.",
+        "than on separate hosts, and a busy machine makes them noisy. Redis is the machine's shared server "
+        "(the benchmark only creates and deletes keys under its own per-run prefix).",
         f"- Envoy {v.get('envoy')}, wrk {v.get('wrk')}, Redis {v.get('redis')}, Python {v.get('python')}.",
         f"- Binaries: copied at the start of the run from `{b.get('dir')}` (commit {b.get('commit')}) into "
         ".run/bench/bin, so a rebuild during the run cannot change them; release profile, filter from the "
