@@ -439,8 +439,13 @@ def redis_delete_prefix(prefix):
     prefix carries the run id)."""
     assert prefix.startswith("openhqm-bench-"), prefix
     keys = redis_cli("--scan", "--pattern", prefix + "*").split()
-    for i in range(0, len(keys), 500):
-        redis_cli("DEL", *keys[i:i + 500])
+    if keys:
+        # One redis-cli reading UNLINK commands from stdin (keys have no spaces).
+        script = "".join("UNLINK " + " ".join(keys[i:i + 500]) + "\n" for i in range(0, len(keys), 500))
+        r = subprocess.run(["redis-cli", "-h", S.redis_host, "-p", str(S.redis_port)], input=script,
+                           capture_output=True, text=True)
+        if r.returncode != 0 or "ERR" in r.stdout:
+            raise BenchError(f"deleting the benchmark's Redis keys failed: {(r.stderr or r.stdout)[:300]}")
     return len(keys)
 
 

@@ -415,6 +415,13 @@ def filter_section(results):
 
 # ------------------------------------------------------------------ page
 
+def total_minutes(results):
+    last = results.get("last_run", {})
+    secs = [s.get("meta", {}).get("seconds", 0) for name, s in results.get("sections", {}).items()
+            if s.get("meta", {}).get("date") == last.get("date")]
+    return round(sum(secs) / 60, 1) if secs else None
+
+
 def header(results):
     last = results.get("last_run", {})
     m, v, b, st = last.get("machine", {}), last.get("versions", {}), last.get("binaries", {}), last.get("settings", {})
@@ -433,7 +440,8 @@ def header(results):
         "",
         "## How these numbers were made",
         "",
-        f"- Last run: {last.get('date')}, sections {', '.join(last.get('sections', []))}; settings "
+        f"- Last run: {last.get('date')}, sections {', '.join(last.get('sections', []))}"
+        + (f" ({total_minutes(results)} min)" if total_minutes(results) else "") + "; settings "
         + ", ".join(f"{k}={val}" for k, val in st.items()) + ".",
         f"- Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory')}, {m.get('kernel')}, {m.get('os')}; "
         f"load average at the start {m.get('loadavg')}. Everything runs on this one machine over loopback: wrk, "
