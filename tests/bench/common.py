@@ -7,6 +7,7 @@ import atexit
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -467,7 +468,31 @@ def lua_script(*parts):
     return out
 
 
-def wrk(url, conns, duration, script, env=None, threads=None, timeout_s="10s", label="", until=None):
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process so far, in seconds (None if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+_redis_pid = [None]
+
+
+def redis_pid():
+    """The Redis server's pid (its CPU time is read, nothing else)."""
+    if _redis_pid[0] is None:
+        m = re.search(r"process_id:(\d+)", redis_cli("INFO", "server", check=False))
+        _redis_pid[0] = int(m.group(1)) if m and os.path.exists(f"/proc/{m.group(1)}") else 0
+    return _redis_pid[0] or None
+
+
+def wrk(url, conns, duration, script, env=None, threads=None, timeout_s="10s", label="", until=None, watch=None):
     """Run wrk with a script whose `done` hook prints one `BENCH_RESULT {json}`
     line (lua/report.lua). Returns a dict with rps, latency percentiles in
     ms, request count and error counts; the raw output is kept in the logs.
@@ -475,9 +500,16 @@ def wrk(url, conns, duration, script, env=None, threads=None, timeout_s="10s", l
     `until`: a callable polled every 50 ms; once it returns true wrk gets
     SIGINT and reports at once. (A script that stops its thread does not end
     wrk: its main thread sleeps for the whole -d.) `duration` is then only
-    the upper bound."""
+    the upper bound.
+
+    `watch`: {name: pid}; the result's "cpu" gives each one's CPU use during
+    the run in % of one core, and wrk's own."""
     threads = threads or S.wrk_threads
     argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", f"--timeout", timeout_s, "-s", script, url]
+    watch = {k: v for k, v in (watch or {}).items() if v}
+    cpu0 = {k: cpu_seconds(pid) for k, pid in watch.items()}
+    kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
     try:
@@ -492,6 +524,14 @@ def wrk(url, conns, duration, script, env=None, threads=None, timeout_s="10s", l
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    wall = time.monotonic() - t0
+    cpu = {}
+    for k, pid in watch.items():
+        c1 = cpu_seconds(pid)
+        if c1 is not None and cpu0[k] is not None:
+            cpu[k] = round((c1 - cpu0[k]) / wall * 100)
+    kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu["wrk"] = round((kids1.ru_utime + kids1.ru_stime - kids0.ru_utime - kids0.ru_stime) / wall * 100)
     r = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
     os.makedirs(LOGS, exist_ok=True)
     _seq[0] += 1
@@ -511,6 +551,7 @@ def wrk(url, conns, duration, script, env=None, threads=None, timeout_s="10s", l
         "mean": us("mean"), "max": us("max"),
         "errors": {k: res["err_" + k] for k in ("connect", "read", "write", "status", "timeout")},
         "statuses": res.get("statuses") or {},
+        "cpu": cpu,
         "log": rel(out_log),
         "argv": argv,
     }
@@ -531,7 +572,17 @@ def require_clean(r, what):
 
 
 def median_row(rows, keys=("rps", "p50", "p99", "p90", "mean", "max")):
-    return {k: statistics.median(r[k] for r in rows) for k in keys if all(k in r for r in rows)}
+    out = {k: statistics.median(r[k] for r in rows) for k in keys if all(k in r for r in rows)}
+    names = {n for r in rows for n in r.get("cpu", {})}
+    if names:
+        out["cpu"] = {n: round(statistics.median(r["cpu"].get(n, 0) for r in rows)) for n in sorted(names)}
+    return out
+
+
+def cpu_text(cpu, order=("envoy", "bridge", "workers", "app", "redis", "wrk")):
+    """'Envoy 98, bridge 61, ...' in % of one core."""
+    names = {"envoy": "Envoy", "redis": "Redis"}
+    return ", ".join(f"{names.get(k, k)} {cpu[k]}" for k in order if k in cpu) or "-"
 
 
 # ---------------------------------------------------------------- payloads

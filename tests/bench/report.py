@@ -1,7 +1,7 @@
 """docs/benchmarks.md, rewritten from docs/benchmarks.json by every run."""
 import os
 
-from common import ROOT
+from common import ROOT, cpu_text
 
 DOC = os.path.join(ROOT, "docs", "benchmarks.md")
 MIB = 2 ** 20
@@ -186,8 +186,9 @@ def ingress_section(results):
     for c, rows in sorted(s["rows"].items(), key=lambda kv: int(kv[0])):
         base = rows.get("app")
         out += [f"**{c} connections**", "",
-                "| path | requests/s | p50 ms | p99 ms | req/s vs Envoy -> app | p99 vs Envoy -> app | queued (per run) |",
-                "|---|---|---|---|---|---|---|"]
+                "| path | requests/s | p50 ms | p99 ms | req/s vs Envoy -> app | p99 vs Envoy -> app | queued (per run) "
+                "| CPU, % of one core |",
+                "|---|---|---|---|---|---|---|---|"]
         for v in ("direct", "app", "embedded", "redis"):
             if v not in rows:
                 continue
@@ -195,7 +196,8 @@ def ingress_section(results):
             vs = "baseline" if v == "app" else pct(r["rps"], base["rps"])
             p99 = "baseline" if v == "app" else f"{r['p99'] / base['p99']:.2f}x"
             q = ", ".join(map(n0, r["enqueued"])) if "enqueued" in r else "-"
-            out.append(f"| {INGRESS[v]} | {n0(r['rps'])} | {ms(r['p50'])} | {ms(r['p99'])} | {vs} | {p99} | {q} |")
+            out.append(f"| {INGRESS[v]} | {n0(r['rps'])} | {ms(r['p50'])} | {ms(r['p99'])} | {vs} | {p99} | {q} | "
+                       f"{cpu_text(r.get('cpu', {}))} |")
         out.append("")
     out += [f"Command (per variant and run; `lua/post.lua` + `lua/report.lua` concatenated): "
             f"`BENCH_BODY=order.json wrk -t{st.get('WRK_THREADS', 1)} -c<conns> -d{st.get('DURATION')}s --timeout 10s "
@@ -225,14 +227,16 @@ def submit_section(results):
         return out
     for c, rows in sorted(s["rows"].items(), key=lambda kv: int(kv[0])):
         base = rows.get("xadd")
-        out += [f"**{c} clients**", "", "| path | requests/s | p50 ms | p99 ms | vs XADD | peak RSS MiB |",
-                "|---|---|---|---|---|---|"]
+        out += [f"**{c} clients**", "",
+                "| path | requests/s | p50 ms | p99 ms | vs XADD | peak RSS MiB | CPU, % of one core |",
+                "|---|---|---|---|---|---|---|"]
         for v in ("embedded", "redis", "xadd"):
             if v in rows:
                 r = rows[v]
                 out.append(f"| {SUBMIT[v]} | {n0(r['rps'])} | {ms(r['p50'])} | {ms(r['p99'])} | "
                            f"{'baseline' if v == 'xadd' else pct(r['rps'], base['rps'])} | "
-                           f"{mib(r['peak_rss']) if 'peak_rss' in r else '-'} |")
+                           f"{mib(r['peak_rss']) if 'peak_rss' in r else '-'} | "
+                           f"{cpu_text(r.get('cpu', {}), ('bridge', 'redis', 'wrk', 'redis-benchmark'))} |")
         out.append("")
     out += ["Latencies are each tool's own: wrk's (from its `done` hook) for the bridge, redis-benchmark's "
             "for XADD.", "",
@@ -267,15 +271,17 @@ def drain_section(results):
         f"(the ~200-byte order) straight to the app with K x {conc} connections, {st.get('DURATION')} s.", ""]
     if not ok(results, "drain"):
         return out
-    out += ["| workers (K) | Redis msgs/s | Redis: per run | embedded msgs/s | wrk -> app req/s (connections) | "
-            "Redis vs direct |", "|---|---|---|---|---|---|"]
+    out += ["| workers (K) | Redis msgs/s | Redis: per run | Redis: CPU, % of one core | embedded msgs/s | "
+            "embedded: CPU | wrk -> app req/s (connections) | Redis vs direct |",
+            "|---|---|---|---|---|---|---|---|"]
     for k in s["workers"]:
         k = str(k)
         rd = s["redis"].get(k)
         em = s["embedded"].get(k) if isinstance(s["embedded"].get(k), dict) else None
         b = s["baseline"].get(k)
         out.append(f"| {k} | {n0(rd['rate']) if rd else '-'} | {', '.join(map(n0, rd['runs'])) if rd else '-'} | "
-                   f"{n0(em['rate']) if em else '-'} | "
+                   f"{cpu_text(rd.get('cpu', {})) if rd else '-'} | "
+                   f"{n0(em['rate']) if em else '-'} | {cpu_text(em.get('cpu', {})) if em else '-'} | "
                    f"{n0(b['rps']) + ' (' + str(b['conns']) + ')' if b else '-'} | "
                    f"{pct(rd['rate'], b['rps']) if rd and b else '-'} |")
     out.append("")

@@ -14,8 +14,8 @@ workers' total concurrency (K x worker.concurrency).
 """
 import time
 
-from common import (BenchError, ORDER, body_file, hwm, log, lua_script, median_row, metric_sum, require_clean,
-                    series_count, wrk)
+from common import (BenchError, ORDER, body_file, cpu_seconds, cpu_text, hwm, log, lua_script, median_row,
+                    metric_sum, redis_pid, require_clean, series_count, wrk)
 from stack import App, LogTrimmer, Worker, drop_bridge, fresh_bridge, QueueSpace
 from sec_submit import SUBMIT
 
@@ -41,6 +41,9 @@ def drain_once(S, app, backend, k, pre_script, env):
     workers = []
     try:
         pre = preload(S, bridge, n, pre_script, env)
+        rpid = redis_pid() if backend == "redis" else None
+        others = {"app": app.proc.pid, "redis": rpid, "bridge": bridge.proc.pid}
+        cpu0 = {k: cpu_seconds(pid) for k, pid in others.items() if pid}
         t0 = time.monotonic()
         workers = [Worker(S, space, app.port, index=i, wait=False) for i in range(k)]
         deadline = t0 + max(120, n / 100)
@@ -56,6 +59,8 @@ def drain_once(S, app, backend, k, pre_script, env):
             app.proc.check()
             time.sleep(POLL)
         t1 = time.monotonic()
+        cpu = {k: round((cpu_seconds(others[k]) - c) / (t1 - t0) * 100) for k, c in cpu0.items()}
+        cpu["workers"] = round(sum(cpu_seconds(w.proc.pid) or 0 for w in workers) / (t1 - t0) * 100)
         outcomes = sum(metric_sum(t, "openhqm_worker_messages_total") for t in texts)
         app.proc.check()
         # Acks follow the counter closely: give the queue a moment to be empty.
@@ -79,6 +84,7 @@ def drain_once(S, app, backend, k, pre_script, env):
             "rate": n / (t1 - t0), "seconds": t1 - t0, "n": n, "preload_rps": pre["rps"],
             "peak_rss": max(hwm(w.proc) for w in workers),
             "metrics": {"bytes": len(texts[0].encode()), "series": series_count(texts[0])},
+            "cpu": cpu,
         }
     finally:
         for w in workers:
@@ -119,11 +125,13 @@ def run(S):
                         r = drain_once(S, app, backend, k, pre_script, env)
                         runs.append(r)
                         log(f"drain {backend} K={k} run {i + 1}/{S.runs}: {r['rate']:,.0f} msgs/s "
-                            f"({r['n']} in {r['seconds']:.2f} s), preload {r['preload_rps']:,.0f} req/s")
+                            f"({r['n']} in {r['seconds']:.2f} s), preload {r['preload_rps']:,.0f} req/s; "
+                            f"CPU % {cpu_text(r['cpu'])}")
                     out[backend][str(k)] = {
                         "rate": median_row(runs, keys=("rate",))["rate"],
                         "seconds": median_row(runs, keys=("seconds",))["seconds"],
                         "runs": [round(r["rate"]) for r in runs],
+                        "cpu": median_row(runs, keys=())["cpu"],
                         "peak_rss": max(r["peak_rss"] for r in runs),
                         "metrics": runs[-1]["metrics"],
                     }
@@ -138,7 +146,7 @@ def run(S):
             runs = []
             for i in range(S.runs):
                 r = wrk(f"{app.url}/echo/drain", conns, S.duration, post_script, env=base_env,
-                        label=f"drain-baseline-c{conns}")
+                        label=f"drain-baseline-c{conns}", watch={"app": app.proc.pid})
                 require_clean(r, f"drain baseline, {conns} connections")
                 runs.append(r)
                 log(f"drain baseline c={conns} run {i + 1}/{S.runs}: {r['rps']:,.0f} req/s")

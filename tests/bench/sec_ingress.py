@@ -15,8 +15,8 @@ import json
 import time
 
 import envoy_config
-from common import (BenchError, ORDER, body_file, free_port, http, hwm, log, lua_script, median_row,
-                    require_clean, wrk)
+from common import (BenchError, ORDER, body_file, cpu_text, free_port, http, hwm, log, lua_script, median_row,
+                    redis_pid, require_clean, wrk)
 from stack import App, LogTrimmer, drop_bridge, fresh_bridge, settle
 
 VARIANTS = ("direct", "app", "embedded", "redis")
@@ -75,7 +75,10 @@ def run(S):
             if bridge:
                 depth0, acc0 = bridge.depth(), settle(bridge, "filter")
             cx0 = envoy_config.downstream_connections(envoys[variant])
-            r = wrk(url, conns, duration, script, env=env, label=label)
+            watch = {"envoy": envoys[variant].pid, "app": app.proc.pid if variant == "app" else None,
+                     "bridge": bridge.proc.pid if bridge else None,
+                     "redis": redis_pid() if variant == "redis" else None}
+            r = wrk(url, conns, duration, script, env=env, label=label, watch=watch)
             require_clean(r, f"ingress {variant}, {conns} connections")
             envoy_config.check_keepalive(envoys[variant], cx0, conns, r["requests"], f"ingress {variant}")
             for p in (envoys[variant].check, app.proc.check):
@@ -114,7 +117,7 @@ def run(S):
                     runs[v].append(r)
                     extra = f", queue +{r['enqueued']}" if "enqueued" in r else ""
                     log(f"ingress c={conns} run {i + 1}/{S.runs} {v}: {r['rps']:,.0f} req/s "
-                        f"p50 {r['p50']:.2f} p99 {r['p99']:.2f} ms{extra}")
+                        f"p50 {r['p50']:.2f} p99 {r['p99']:.2f} ms{extra}; CPU % {cpu_text(r['cpu'])}")
             rows[str(conns)] = {}
             for v in VARIANTS:
                 row = {**median_row(runs[v]), "runs": [round(r["rps"]) for r in runs[v]],

@@ -8,11 +8,12 @@ with no non-2xx answers.
 """
 import json
 import re
+import resource
 import subprocess
 import time
 
-from common import (BenchError, ORDER, LOGS, body_file, free_port, http, hwm, log, lua_script,
-                    median_row, redis_cli, rel, require_clean, wrk)
+from common import (BenchError, LOGS, ORDER, body_file, cpu_seconds, cpu_text, free_port, http, hwm, log,
+                    lua_script, median_row, redis_cli, redis_pid, rel, require_clean, wrk)
 import common
 from stack import drop_bridge, fresh_bridge, settle
 
@@ -40,9 +41,16 @@ def sample_entry(S):
 def redis_benchmark(S, conns, n, key, fields, label):
     argv = ["redis-benchmark", "-h", S.redis_host, "-p", str(S.redis_port), "-c", str(conns), "-n", str(n),
             "--csv", "XADD", key, "*", *fields]
+    rpid = redis_pid()
+    c0 = cpu_seconds(rpid) if rpid else None
+    k0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     r = subprocess.run(argv, capture_output=True, text=True)
     seconds = time.monotonic() - t0
+    k1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = {"redis-benchmark": round((k1.ru_utime + k1.ru_stime - k0.ru_utime - k0.ru_stime) / seconds * 100)}
+    if c0 is not None:
+        cpu["redis"] = round((cpu_seconds(rpid) - c0) / seconds * 100)
     common._seq[0] += 1
     path = f"{LOGS}/{common._seq[0]:03d}-redis-benchmark-{label}.log"
     with open(path, "w") as f:
@@ -59,7 +67,7 @@ def redis_benchmark(S, conns, n, key, fields, label):
     if added != n:
         raise BenchError(f"redis-benchmark: {n} XADDs left {added} entries; see {rel(path)}")
     return {"rps": rps, "p50": p50, "p99": p99, "mean": avg, "max": mx, "requests": n, "seconds": seconds,
-            "log": rel(path)}
+            "log": rel(path), "cpu": cpu}
 
 
 def run(S):
@@ -76,7 +84,8 @@ def run(S):
         space, bridge = fresh_bridge(S, backend, app_port, name=f"bridge-{backend}")
         try:
             depth0 = bridge.depth()
-            r = wrk(bridge.url + "/api/v1/submit", conns, duration, script, env=env, label=label)
+            r = wrk(bridge.url + "/api/v1/submit", conns, duration, script, env=env, label=label,
+                    watch={"bridge": bridge.proc.pid, "redis": redis_pid() if backend == "redis" else None})
             require_clean(r, f"submit {backend}, {conns} connections")
             accepted = settle(bridge, "api")  # requests in flight when wrk stopped
             enqueued = bridge.depth() - depth0
@@ -109,7 +118,7 @@ def run(S):
                     r = measure_bridge(v, conns, S.duration, f"submit-{v}-c{conns}")
                 runs[v].append(r)
                 log(f"submit c={conns} run {i + 1}/{S.runs} {v}: {r['rps']:,.0f} req/s "
-                    f"p50 {r['p50']:.2f} p99 {r['p99']:.2f} ms")
+                    f"p50 {r['p50']:.2f} p99 {r['p99']:.2f} ms; CPU % {cpu_text(r['cpu'], ('bridge', 'redis', 'wrk', 'redis-benchmark'))}")
         rows[str(conns)] = {}
         for v in variants:
             row = {**median_row(runs[v], keys=("rps", "p50", "p99", "mean", "max")),
