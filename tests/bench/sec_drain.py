@@ -42,7 +42,7 @@ def drain_once(S, app, backend, k, pre_script, env):
     try:
         pre = preload(S, bridge, n, pre_script, env)
         rpid = redis_pid() if backend == "redis" else None
-        others = {"app": app.proc.pid, "redis": rpid, "bridge": bridge.proc.pid}
+        others = {"app": app.proc.pid, "redis": rpid}
         cpu0 = {k: cpu_seconds(pid) for k, pid in others.items() if pid}
         t0 = time.monotonic()
         workers = [Worker(S, space, app.port, index=i, wait=False) for i in range(k)]
