@@ -14,6 +14,11 @@ FILTER = {"off": "without the filter", "every": "filter on every request",
           "shipped": "filter as shipped (skipped on routes it never captures)"}
 
 
+def runs_text(st):
+    n = st.get("RUNS")
+    return f"{n} run" if n == 1 else f"{n} runs"
+
+
 def n0(x):
     return f"{x:,.0f}"
 
@@ -170,13 +175,14 @@ def ingress_section(results):
     if not s:
         return out
     out += [
-        f"wrk (`-t{st.get('WRK_THREADS', 1)}`, {st.get('DURATION')} s per run, median of {st.get('RUNS')} runs, "
+        f"wrk (`-t{st.get('WRK_THREADS', 1)}`, {st.get('DURATION')} s per run, median of {runs_text(st)}, "
         f"variants in rotating order) POSTs the same {s.get('body_bytes', '~200') if s else '~200'}-byte JSON body "
         f"to `{(s or {}).get('path', '/echo/async')}` through four Envoys with the same "
         f"{st.get('ENVOY_CONCURRENCY', 1)} worker thread(s) (`--concurrency`). No workers run. Each captured run "
         "starts on an empty queue (a fresh bridge with its own Redis keys or data directory); after it the "
         "queue must have grown by the answers wrk counted (plus at most one request in flight per connection "
-        "when wrk stopped), the bridge's accepted counter must agree (and `XLEN` on Redis), and there must be no "
+        "when wrk stopped), the bridge's accepted counter must lie between the two (`XLEN` on Redis must match "
+        "the queue depth), and there must be no "
         "non-2xx answer or socket error, or the section fails. Envoy must also keep wrk's connections open (its "
         "`downstream_cx_total` is checked): a `direct_response` sent before the request body is read makes "
         "Envoy close the connection after every request, so that variant reads the body first with the "
@@ -213,7 +219,7 @@ def submit_section(results):
         return out
     out += [
         f"`POST /api/v1/submit` straight to the bridge (wrk `-t{st.get('WRK_THREADS', 1)}`, "
-        f"{st.get('DURATION')} s per run, median of {st.get('RUNS')}), body "
+        f"{st.get('DURATION')} s per run, median of {runs_text(st)}), body "
         "`{\"payload\": <the ~200-byte order>, \"metadata\": {\"endpoint\": \"fast\"}}`"
         f"{' (' + str(s['body_bytes']) + ' bytes)' if s and 'body_bytes' in s else ''}. "
         "Each run starts on an empty queue and is checked like ingress (queue growth = answers, no errors). "
@@ -267,7 +273,7 @@ def drain_section(results):
         "`openhqm_worker_messages_total{outcome=\"completed\"}` over their `/metrics`, polled every 50 ms, "
         "reaches N): worker start-up is included. Every message must complete exactly once (no other "
         "outcome) and the queue must be empty afterwards. "
-        f"Median of {st.get('RUNS')} runs, each on a fresh queue. Baseline: wrk sending the same request "
+        f"Median of {runs_text(st)}, each on a fresh queue. Baseline: wrk sending the same request "
         f"(the ~200-byte order) straight to the app with K x {conc} connections, {st.get('DURATION')} s.", ""]
     if not ok(results, "drain"):
         return out
@@ -303,7 +309,7 @@ def wait_section(results):
         return out
     out += [
         f"One client, one request at a time (`wrk -t1 -c1`, {st.get('DURATION')} s per run, median of "
-        f"{st.get('RUNS')}), POSTing the ~200-byte order to `{(s or {}).get('path', '/echo/wait')}`. Wait mode: "
+        f"{runs_text(st)}), POSTing the ~200-byte order to `{(s or {}).get('path', '/echo/wait')}`. Wait mode: "
         "Envoy with the filter (route in `wait` mode) -> bridge -> Redis Streams -> one running worker -> the app, "
         "and the app's own answer back to the client (every answer must be the app's 200; a 202 would mean the "
         "wait gave up). Baseline: the same requests through an Envoy without the filter straight to the app.", ""]
@@ -358,7 +364,7 @@ def cardinality_section(results):
             "(lua/paths.lua, 32 connections), against a bridge on Redis. Before: after one request of each kind.", ""]
     if ok(results, "cardinality"):
         b, a = s["before"], s["after"]
-        out += [f"Median of {s.get('runs', 1)} run(s), each on a fresh bridge.", "",
+        out += [f"Median of {runs_text({'RUNS': s.get('runs', 1)})}, each on a fresh bridge.", "",
                 f"| bridge, {n0(s['answered'])} distinct paths ({n0(s['rps'])} req/s) | before | after | change |",
                 "|---|---|---|---|",
                 f"| `/metrics` bytes | {n0(b['metrics_bytes'])} | {n0(a['metrics_bytes'])} | "
@@ -371,15 +377,19 @@ def cardinality_section(results):
         else:
             out += [f"**{a['series'] - b['series']:+.0f} series** after {n0(s['answered'])} distinct paths: "
                     "some label follows the path.", ""]
-    if d and "worker_metrics_before" in d and d.get("redis", {}).get("1", {}).get("metrics"):
-        b, a = d["worker_metrics_before"], d["redis"]["1"]["metrics"]
-        out += [f"| worker, before/after draining {n0(d['n'])} messages (1 worker, Redis) | before | after | change |",
+    if d and "worker_metrics_early" in d and d.get("redis", {}).get("1", {}).get("metrics"):
+        e, a = d["worker_metrics_early"], d["redis"]["1"]["metrics"]
+        r, ten = e["ready"], e["ten"]
+        out += [f"| worker (Redis) | ready, no message | after 10 messages | after draining {n0(d['n'])} (1 worker) |",
                 "|---|---|---|---|",
-                f"| `/metrics` bytes | {n0(b['bytes'])} | {n0(a['bytes'])} | {pct(a['bytes'], b['bytes'])} |",
-                f"| `/metrics` series | {n0(b['series'])} | {n0(a['series'])} | {a['series'] - b['series']:+d} |", "",
-                "The worker's \"before\" is a worker that is ready and has seen no message; its growth is the "
-                "series that appear with the first message (outcome counters, histogram buckets, backend calls "
-                "by endpoint and status class). A per-message label would add about one series per message.", ""]
+                f"| `/metrics` bytes | {n0(r['bytes'])} | {n0(ten['bytes'])} | {n0(a['bytes'])} |",
+                f"| `/metrics` series | {n0(r['series'])} | {n0(ten['series'])} | {n0(a['series'])} |", ""]
+        if a["series"] == ten["series"]:
+            out += ["The worker's series appear with its first messages (outcome counters, histograms, backend "
+                    "calls by endpoint and status class) and then stay: none per message.", ""]
+        else:
+            out += [f"**The worker's series grew from {ten['series']} after 10 messages to {a['series']} after "
+                    f"{n0(d['n'])}**: something is labelled per message or per request.", ""]
     return out
 
 
@@ -393,7 +403,7 @@ def filter_section(results):
     out += [f"Envoy {v.get('envoy', '')} with the OpenHQM filter (V8) versus the same Envoy without it, in front "
             "of the same app, `GET /healthz` (not captured: the filter looks at the request and lets it through). "
             f"{st.get('ENVOY_CONCURRENCY', 1)} Envoy worker thread(s) each, wrk with {st.get('WRK_THREADS', 1)} "
-            f"thread, {st.get('DURATION')} s per run, median of {st.get('RUNS')} runs, alternating the order.", ""]
+            f"thread, {st.get('DURATION')} s per run, median of {runs_text(st)}, alternating the order.", ""]
     if ok(results, "filter"):
         out += ["| connections | Envoy | requests/s | p50 ms | p99 ms | throughput vs no filter |",
                 "|---|---|---|---|---|---|"]

@@ -12,11 +12,12 @@ the queue must be empty afterwards.
 Baseline: wrk sending the same request straight to the app at the
 workers' total concurrency (K x worker.concurrency).
 """
+import json
 import time
 
-from common import (BenchError, ORDER, body_file, cpu_seconds, cpu_text, hwm, log, lua_script, median_row,
+from common import (BenchError, ORDER, body_file, cpu_seconds, cpu_text, http, hwm, log, lua_script, median_row,
                     metric_sum, redis_pid, require_clean, series_count, wrk)
-from stack import App, LogTrimmer, Worker, drop_bridge, fresh_bridge, QueueSpace
+from stack import App, LogTrimmer, Worker, drop_bridge, fresh_bridge
 from sec_submit import SUBMIT
 
 POLL = 0.05
@@ -92,17 +93,34 @@ def drain_once(S, app, backend, k, pre_script, env):
         drop_bridge(bridge)
 
 
-def idle_worker_metrics(S, app):
-    """A worker's /metrics once ready, before it has seen a message."""
-    space = QueueSpace(S, "redis")
-    w = Worker(S, space, app.port, index=0)
+def early_worker_metrics(S, app):
+    """A worker's /metrics when ready (no message yet) and after its first
+    10 messages: with the figure after a whole drain, this shows whether
+    /metrics grows with the number of messages or only once."""
+    space, bridge = fresh_bridge(S, "redis", app.port, name="bridge-drain-metrics")
+    w = None
     try:
+        w = Worker(S, space, app.port, index=0)
         time.sleep(0.5)
-        text = w.metrics_or_empty()
-        return {"bytes": len(text.encode()), "series": series_count(text)}
+        ready = w.metrics_or_empty()
+        body = json.dumps(SUBMIT).encode()
+        for _ in range(10):
+            status, _, _ = http("POST", bridge.url + "/api/v1/submit", body, {"content-type": "application/json"})
+            if status != 202:
+                raise BenchError(f"drain: a submit answered {status}; see {bridge.proc.log}")
+        deadline = time.monotonic() + 30
+        while metric_sum(w.metrics_or_empty(), "openhqm_worker_messages_total", outcome="completed") < 10:
+            if time.monotonic() > deadline:
+                raise BenchError(f"drain: 10 messages not completed in 30 s; see {w.proc.log}")
+            time.sleep(0.05)
+        time.sleep(0.2)
+        ten = w.metrics_or_empty()
+        return {"ready": {"bytes": len(ready.encode()), "series": series_count(ready)},
+                "ten": {"bytes": len(ten.encode()), "series": series_count(ten)}}
     finally:
-        w.stop()
-        space.cleanup()
+        if w:
+            w.stop()
+        drop_bridge(bridge)
 
 
 def run(S):
@@ -113,7 +131,7 @@ def run(S):
     base_env = {"BENCH_BODY": body_file("order.json", ORDER)}
     out = {"n": S.drain_n, "workers": S.drain_workers, "concurrency": S.worker_concurrency,
            "batch": S.worker_batch, "redis": {}, "embedded": {}, "baseline": {}}
-    out["worker_metrics_before"] = idle_worker_metrics(S, app)
+    out["worker_metrics_early"] = early_worker_metrics(S, app)
     with LogTrimmer(app):
         for backend in ("redis", "embedded"):
             try:
