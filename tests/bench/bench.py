@@ -90,6 +90,7 @@ def main():
     S = common.Settings()
     common.S = S
     check_tools(S)
+    common.take_locks()
     common.reap_leftovers()
     for d in (common.LOGS, common.CONF, common.LUA_OUT, DATA):  # only this run's files
         shutil.rmtree(d, ignore_errors=True)

@@ -262,6 +262,32 @@ def _record_pids():
         pass
 
 
+_locks = []
+
+
+def take_locks():
+    """One benchmark at a time: per checkout (two runs in one .run/bench would
+    delete each other's files and end each other's processes) and per
+    machine (two at once would measure each other). Held until exit."""
+    import fcntl
+    os.makedirs(WORK, exist_ok=True)
+    for path, what in ((os.path.join(WORK, "lock"), "in this checkout"),
+                       ("/tmp/openhqm-bench.lock", "on this machine")):
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise SystemExit(f"bench: another benchmark is running {what} ({holder}); "
+                             "wait for it to finish (two at once would spoil each other)")
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}, {ROOT}")
+        f.flush()
+        _locks.append(f)
+
+
 def reap_leftovers():
     try:
         with open(PIDFILE) as f:
