@@ -328,6 +328,8 @@ def install_exit_handlers(cleanup):
         raise KeyboardInterrupt(f"signal {signum}")
 
     atexit.register(finish)
+    # Also when started in the background, where SIGINT arrives ignored.
+    signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     return finish
