@@ -51,14 +51,19 @@ unit:
 e2e: build
 	$(CARGO) test -p openhqm-e2e
 
-# Measurements (not part of `make test`): release builds, results written to
-# docs/benchmarks.md.
+# Measurements (not part of `make test`): release builds, then
+# tests/bench/bench.py starts everything on loopback, measures, and rewrites
+# docs/benchmarks.md (+ docs/benchmarks.json, docs/img/*.png). Settings
+# through the environment: RUNS, DURATION, SECTIONS=ingress,submit,... (see
+# tests/bench/bench.py). Needs Redis on 127.0.0.1:6379 for most sections.
 bench-build: wasm
 	$(CARGO) build --release -p openhqm-sample-app -p openhqm-bridge -p openhqm-worker
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	@command -v redis-benchmark >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-tools; }
+	@python3 tests/bench/bench.py --setup-only
 
 bench: bench-build
-	python3 tests/bench/filter_cost.py
+	python3 tests/bench/bench.py
 
 lint:
 	$(CARGO) fmt --all -- --check
