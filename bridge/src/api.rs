@@ -237,7 +237,7 @@ pub async fn capture(
 }
 
 async fn capture_parsed(
-    state: &AppState,
+    state: &Arc<AppState>,
     meta: &CaptureMeta,
     body: &[u8],
     trace: &mut TraceSpan,
@@ -346,7 +346,7 @@ fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
 /// `Idempotency-Key`, a repeat of a request already accepted is answered
 /// for the first one, without enqueueing again.
 async fn accept(
-    state: &AppState,
+    state: &Arc<AppState>,
     envelope: Envelope,
     prefer: Prefer,
     idempotency: Option<Idempotency>,
@@ -362,18 +362,51 @@ async fn accept(
         log_span.record("trace_id", t);
     }
     trace.attr("openhqm.correlation_id", envelope.correlation_id.clone());
-    accept_logged(state, envelope, prefer, idempotency, trace)
-        .instrument(log_span)
-        .await
+    // Its own task: a client that hangs up must not cut acceptance short
+    // (a PENDING record without its message, or a message not counted).
+    let durable = tokio::spawn(
+        make_durable(
+            state.clone(),
+            envelope,
+            idempotency,
+            trace.traceparent().map(str::to_string),
+        )
+        .instrument(log_span.clone()),
+    )
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "accepting the request failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the request could not be accepted",
+        )
+    })??;
+    Ok(respond_accepted(
+        state,
+        &durable.id,
+        &durable.submitted_at,
+        prefer,
+        durable.headers,
+    )
+    .instrument(log_span)
+    .await)
 }
 
-async fn accept_logged(
-    state: &AppState,
+/// An accepted request: its ID (the first request's, for an idempotent
+/// repeat), when it was accepted, and headers for the answer.
+struct Durable {
+    id: String,
+    submitted_at: String,
+    headers: Vec<(&'static str, String)>,
+}
+
+async fn make_durable(
+    state: Arc<AppState>,
     mut envelope: Envelope,
-    prefer: Prefer,
     idempotency: Option<Idempotency>,
-    trace: &mut TraceSpan,
-) -> Result<Response, ApiError> {
+    traceparent: Option<String>,
+) -> Result<Durable, ApiError> {
     let retry_after = state.config.server.retry_after_seconds;
     let id = envelope.correlation_id.clone();
     let store_down = |e: &dyn std::fmt::Display| {
@@ -400,15 +433,11 @@ async fn accept_logged(
                     Ok(Some(r)) => r.submitted_at,
                     _ => envelope.submitted_at.clone(),
                 };
-                let replayed = ("idempotent-replayed", "true".to_string());
-                return Ok(respond_accepted(
-                    state,
-                    &correlation_id,
-                    &submitted_at,
-                    prefer,
-                    vec![replayed],
-                )
-                .await);
+                return Ok(Durable {
+                    id: correlation_id,
+                    submitted_at,
+                    headers: vec![("idempotent-replayed", "true".to_string())],
+                });
             }
             Ok(IdempotencyClaim::Existing { .. }) => {
                 return Err(ApiError::new(
@@ -450,7 +479,11 @@ async fn accept_logged(
     let queue_name = state.requests.name().to_string();
     // The message carries the publish span's context: the worker's span is
     // its child.
-    let mut publish = trace.child(format!("publish {queue_name}"), SpanKind::Producer);
+    let mut publish = TraceSpan::start(
+        format!("publish {queue_name}"),
+        SpanKind::Producer,
+        traceparent.as_deref(),
+    );
     publish.attr("messaging.destination.name", queue_name.clone());
     publish.attr("messaging.message.id", id.clone());
     envelope.traceparent = publish.traceparent().map(str::to_string);
@@ -508,7 +541,11 @@ async fn accept_logged(
     };
     state.metrics.accepted.with_label_values(&[source]).inc();
     tracing::info!(correlation_id = %id, source, "accepted");
-    Ok(respond_accepted(state, &id, &envelope.submitted_at, prefer, Vec::new()).await)
+    Ok(Durable {
+        id,
+        submitted_at: envelope.submitted_at,
+        headers: Vec::new(),
+    })
 }
 
 /// The answer for an accepted request: 202 + Location, or with `Prefer:

@@ -265,3 +265,82 @@ async fn two_bridges_three_workers_on_redis_lose_nothing_when_a_worker_dies() {
     );
     redis_cleanup(&run);
 }
+
+/// Clients that hang up while the bridge is accepting their request must
+/// leave nothing half-done: every PENDING record has its message, and every
+/// message was counted as accepted (acceptance runs in its own task).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_hanging_up_mid_submit_leave_no_half_accepted_requests() {
+    if !server_available("redis", "127.0.0.1:6379") {
+        return;
+    }
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let mut stack = Stack::new("hangup");
+    stack.set("OPENHQM_QUEUE__TYPE", "redis");
+    stack.set("OPENHQM_QUEUE__REDIS_URL", "redis://127.0.0.1:6379");
+    stack.set("OPENHQM_CACHE__TYPE", "redis");
+    stack.set("OPENHQM_CACHE__REDIS_URL", "redis://127.0.0.1:6379");
+    stack.set("OPENHQM_CACHE__KEY_PREFIX", &format!("fleet-{run}"));
+    let queue = format!("fleet-{run}-requests");
+    stack.set("OPENHQM_QUEUE__REQUEST_QUEUE_NAME", &queue);
+    stack.set("OPENHQM_MONITORING__LOG_LEVEL", "WARN");
+    stack.start_bridge().await;
+    // No worker: what was accepted stays in the stream to be counted.
+    let url = format!("{}/api/v1/submit", stack.bridge_url());
+    let gate = Arc::new(Semaphore::new(64));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..3000u64 {
+        let permit = gate.clone().acquire_owned().await.unwrap();
+        let url = url.clone();
+        tasks.spawn(async move {
+            // Timeouts from 0.2 to 2 ms: many requests are dropped while the
+            // bridge is between its store write and its publish.
+            let impatient = reqwest::Client::builder()
+                .timeout(Duration::from_micros(200 + (i * 617) % 1800))
+                .build()
+                .unwrap();
+            let _ = impatient
+                .post(&url)
+                .json(&json!({"payload": {"n": i}}))
+                .send()
+                .await;
+            drop(permit);
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let xlen: usize = String::from_utf8_lossy(
+        &std::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", "6379", "XLEN", &queue])
+            .output()
+            .expect("redis-cli")
+            .stdout,
+    )
+    .trim()
+    .parse()
+    .unwrap();
+    let records = redis_count(&format!("fleet-{run}:result:*"));
+    let metrics = client()
+        .get(format!("{}/metrics", stack.bridge_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let accepted: usize = metrics
+        .lines()
+        .find(|l| l.starts_with("openhqm_requests_accepted_total{source=\"api\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0, |v| v.parse().unwrap());
+    println!(
+        "hang-ups: {records} records, {xlen} messages, {accepted} counted as accepted of 3000 sent"
+    );
+    redis_cleanup(&run);
+    assert!(xlen > 0, "some requests got through");
+    assert_eq!(
+        records, xlen,
+        "a PENDING record without its message, or the reverse"
+    );
+    assert_eq!(accepted, xlen, "a message published but not counted");
+}
