@@ -468,13 +468,9 @@ def header(results):
         f"- Binaries: copied at the start of the run from `{b.get('dir')}` (commit {b.get('commit')}) into "
         ".run/bench/bin, so a rebuild during the run cannot change them; release profile, filter from the "
         "`wasm-release` profile. Logs of every process and wrk run: .run/bench/logs/.",
-        "- Backend: the sample app (`tests/sample-app`) with `--delay-ms 0`, on `POST /echo/...`, which answers "
-        "with the request it got. Its request log is cleared (`POST /stats/reset`) every 5 ms while it is "
-        "measured: the app records every /echo request with all its headers into a Vec of up to 50,000 under "
-        "one mutex and drops the oldest with `remove(0)`, which more than halves its throughput (wrk -c32 "
-        "straight to it: ~30k req/s while the log fills, ~22k once full, ~65k kept short) and would make "
-        "every baseline depend on how many requests came before; clearing it only every 0.2 s stalls it long "
-        "enough to raise its p99 from ~1.5 to ~40 ms (see `LogTrimmer` in tests/bench/stack.py).",
+        "- Backend: the sample app (`tests/sample-app`) with `--delay-ms 0 --no-log`, on `POST /echo/...`, which "
+        "answers with the request it got (`--no-log`: it keeps no request log, which the tests read but a fast "
+        "backend should not pay for).",
         "- OpenHQM settings: `monitoring.log_level: INFO` (the default: one log line per accepted request) in JSON; "
         "Redis result store with Redis queue, embedded store with embedded queue; everything else default unless "
         "a section says so.",

@@ -17,7 +17,7 @@ import time
 
 from common import (BenchError, ORDER, body_file, cpu_seconds, cpu_text, http, hwm, log, lua_script, median_row,
                     metric_sum, redis_pid, require_clean, series_count, wrk)
-from stack import App, LogTrimmer, Worker, drop_bridge, fresh_bridge
+from stack import App, Worker, drop_bridge, fresh_bridge
 from sec_submit import SUBMIT
 
 POLL = 0.05
@@ -132,41 +132,40 @@ def run(S):
     out = {"n": S.drain_n, "workers": S.drain_workers, "concurrency": S.worker_concurrency,
            "batch": S.worker_batch, "redis": {}, "embedded": {}, "baseline": {}}
     out["worker_metrics_early"] = early_worker_metrics(S, app)
-    with LogTrimmer(app):
-        for backend in ("redis", "embedded"):
-            try:
-                for k in S.drain_workers:
-                    if k == S.drain_workers[0]:  # warm-up (page cache, Redis, the app)
-                        drain_once(S, app, backend, k, pre_script, env)
-                    runs = []
-                    for i in range(S.runs):
-                        r = drain_once(S, app, backend, k, pre_script, env)
-                        runs.append(r)
-                        log(f"drain {backend} K={k} run {i + 1}/{S.runs}: {r['rate']:,.0f} msgs/s "
-                            f"({r['n']} in {r['seconds']:.2f} s), preload {r['preload_rps']:,.0f} req/s; "
-                            f"CPU % {cpu_text(r['cpu'])}")
-                    out[backend][str(k)] = {
-                        "rate": median_row(runs, keys=("rate",))["rate"],
-                        "seconds": median_row(runs, keys=("seconds",))["seconds"],
-                        "runs": [round(r["rate"]) for r in runs],
-                        "cpu": median_row(runs, keys=())["cpu"],
-                        "peak_rss": max(r["peak_rss"] for r in runs),
-                        "metrics": runs[-1]["metrics"],
-                    }
-            except BenchError as e:
-                if backend == "redis":
-                    raise
-                # The embedded backend is optional here: report what happened.
-                out["embedded"]["failed"] = str(e)
-                log(f"drain embedded failed: {e}")
-        for k in S.drain_workers:
-            conns = k * S.worker_concurrency
-            runs = []
-            for i in range(S.runs):
-                r = wrk(f"{app.url}/echo/drain", conns, S.duration, post_script, env=base_env,
-                        label=f"drain-baseline-c{conns}", watch={"app": app.proc.pid})
-                require_clean(r, f"drain baseline, {conns} connections")
-                runs.append(r)
-                log(f"drain baseline c={conns} run {i + 1}/{S.runs}: {r['rps']:,.0f} req/s")
-            out["baseline"][str(k)] = {**median_row(runs), "conns": conns, "runs": [round(r["rps"]) for r in runs]}
+    for backend in ("redis", "embedded"):
+        try:
+            for k in S.drain_workers:
+                if k == S.drain_workers[0]:  # warm-up (page cache, Redis, the app)
+                    drain_once(S, app, backend, k, pre_script, env)
+                runs = []
+                for i in range(S.runs):
+                    r = drain_once(S, app, backend, k, pre_script, env)
+                    runs.append(r)
+                    log(f"drain {backend} K={k} run {i + 1}/{S.runs}: {r['rate']:,.0f} msgs/s "
+                        f"({r['n']} in {r['seconds']:.2f} s), preload {r['preload_rps']:,.0f} req/s; "
+                        f"CPU % {cpu_text(r['cpu'])}")
+                out[backend][str(k)] = {
+                    "rate": median_row(runs, keys=("rate",))["rate"],
+                    "seconds": median_row(runs, keys=("seconds",))["seconds"],
+                    "runs": [round(r["rate"]) for r in runs],
+                    "cpu": median_row(runs, keys=())["cpu"],
+                    "peak_rss": max(r["peak_rss"] for r in runs),
+                    "metrics": runs[-1]["metrics"],
+                }
+        except BenchError as e:
+            if backend == "redis":
+                raise
+            # The embedded backend is optional here: report what happened.
+            out["embedded"]["failed"] = str(e)
+            log(f"drain embedded failed: {e}")
+    for k in S.drain_workers:
+        conns = k * S.worker_concurrency
+        runs = []
+        for i in range(S.runs):
+            r = wrk(f"{app.url}/echo/drain", conns, S.duration, post_script, env=base_env,
+                    label=f"drain-baseline-c{conns}", watch={"app": app.proc.pid})
+            require_clean(r, f"drain baseline, {conns} connections")
+            runs.append(r)
+            log(f"drain baseline c={conns} run {i + 1}/{S.runs}: {r['rps']:,.0f} req/s")
+        out["baseline"][str(k)] = {**median_row(runs), "conns": conns, "runs": [round(r["rps"]) for r in runs]}
     return out

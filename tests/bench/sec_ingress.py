@@ -17,7 +17,7 @@ import time
 import envoy_config
 from common import (BenchError, ORDER, body_file, cpu_text, free_port, http, hwm, log, lua_script, median_row,
                     redis_pid, require_clean, wrk)
-from stack import App, LogTrimmer, drop_bridge, fresh_bridge, settle
+from stack import App, drop_bridge, fresh_bridge, settle
 
 VARIANTS = ("direct", "app", "embedded", "redis")
 PATH = "/echo/async"
@@ -105,25 +105,24 @@ def run(S):
         finally:
             drop_bridge(bridge)
 
-    with LogTrimmer(app):
-        for conns in S.conns:
-            for v in VARIANTS:
-                measure(v, conns, S.warmup, f"ingress-warmup-{v}")
-            runs = {v: [] for v in VARIANTS}
-            for i in range(S.runs):
-                order = list(VARIANTS)
-                for v in order[i % len(order):] + order[:i % len(order)]:
-                    r = measure(v, conns, S.duration, f"ingress-{v}-c{conns}")
-                    runs[v].append(r)
-                    extra = f", queue +{r['enqueued']}" if "enqueued" in r else ""
-                    log(f"ingress c={conns} run {i + 1}/{S.runs} {v}: {r['rps']:,.0f} req/s "
-                        f"p50 {r['p50']:.2f} p99 {r['p99']:.2f} ms{extra}; CPU % {cpu_text(r['cpu'])}")
-            rows[str(conns)] = {}
-            for v in VARIANTS:
-                row = {**median_row(runs[v]), "runs": [round(r["rps"]) for r in runs[v]],
-                       "requests": [r["requests"] for r in runs[v]]}
-                if v in ("embedded", "redis"):
-                    row["enqueued"] = [r["enqueued"] for r in runs[v]]
-                    row["peak_rss"] = max(r["peak_rss"] for r in runs[v])
-                rows[str(conns)][v] = row
+    for conns in S.conns:
+        for v in VARIANTS:
+            measure(v, conns, S.warmup, f"ingress-warmup-{v}")
+        runs = {v: [] for v in VARIANTS}
+        for i in range(S.runs):
+            order = list(VARIANTS)
+            for v in order[i % len(order):] + order[:i % len(order)]:
+                r = measure(v, conns, S.duration, f"ingress-{v}-c{conns}")
+                runs[v].append(r)
+                extra = f", queue +{r['enqueued']}" if "enqueued" in r else ""
+                log(f"ingress c={conns} run {i + 1}/{S.runs} {v}: {r['rps']:,.0f} req/s "
+                    f"p50 {r['p50']:.2f} p99 {r['p99']:.2f} ms{extra}; CPU % {cpu_text(r['cpu'])}")
+        rows[str(conns)] = {}
+        for v in VARIANTS:
+            row = {**median_row(runs[v]), "runs": [round(r["rps"]) for r in runs[v]],
+                   "requests": [r["requests"] for r in runs[v]]}
+            if v in ("embedded", "redis"):
+                row["enqueued"] = [r["enqueued"] for r in runs[v]]
+                row["peak_rss"] = max(r["peak_rss"] for r in runs[v])
+            rows[str(conns)][v] = row
     return {"rows": rows, "path": PATH, "body_bytes": len(body)}

@@ -11,7 +11,7 @@ import json
 
 import envoy_config
 from common import BenchError, ORDER, body_file, http, log, lua_script, median_row, require_clean, wrk
-from stack import App, LogTrimmer, Worker, drop_bridge, fresh_bridge
+from stack import App, Worker, drop_bridge, fresh_bridge
 
 PATH = "/echo/wait"
 VARIANTS = ("direct", "wait")
@@ -36,22 +36,21 @@ def run(S):
         script = lua_script("post", "count", "report")
         env = {"BENCH_BODY": body_path}
         runs = {v: [] for v in VARIANTS}
-        with LogTrimmer(app):
-            for v in VARIANTS:
-                wrk(f"http://127.0.0.1:{envoys[v].port}{PATH}", 1, S.warmup, script, env=env, label=f"wait-warmup-{v}")
-            for i in range(S.runs):
-                for v in VARIANTS[i % 2:] + VARIANTS[:i % 2]:
-                    cx0 = envoy_config.downstream_connections(envoys[v])
-                    r = wrk(f"http://127.0.0.1:{envoys[v].port}{PATH}", 1, S.duration, script, env=env,
-                            label=f"wait-{v}")
-                    require_clean(r, f"wait mode, {v}")
-                    envoy_config.check_keepalive(envoys[v], cx0, 1, r["requests"], f"wait mode, {v}")
-                    if set(r["statuses"]) != {"200"}:
-                        raise BenchError(f"wait mode, {v}: answers {r['statuses']}, expected only 200; see {r['log']}")
-                    for p in (app.proc, worker.proc, bridge.proc, *envoys.values()):
-                        p.check()
-                    runs[v].append(r)
-                    log(f"wait run {i + 1}/{S.runs} {v}: p50 {r['p50']:.2f} p99 {r['p99']:.2f} ms, {r['rps']:,.0f} req/s")
+        for v in VARIANTS:
+            wrk(f"http://127.0.0.1:{envoys[v].port}{PATH}", 1, S.warmup, script, env=env, label=f"wait-warmup-{v}")
+        for i in range(S.runs):
+            for v in VARIANTS[i % 2:] + VARIANTS[:i % 2]:
+                cx0 = envoy_config.downstream_connections(envoys[v])
+                r = wrk(f"http://127.0.0.1:{envoys[v].port}{PATH}", 1, S.duration, script, env=env,
+                        label=f"wait-{v}")
+                require_clean(r, f"wait mode, {v}")
+                envoy_config.check_keepalive(envoys[v], cx0, 1, r["requests"], f"wait mode, {v}")
+                if set(r["statuses"]) != {"200"}:
+                    raise BenchError(f"wait mode, {v}: answers {r['statuses']}, expected only 200; see {r['log']}")
+                for p in (app.proc, worker.proc, bridge.proc, *envoys.values()):
+                    p.check()
+                runs[v].append(r)
+                log(f"wait run {i + 1}/{S.runs} {v}: p50 {r['p50']:.2f} p99 {r['p99']:.2f} ms, {r['rps']:,.0f} req/s")
         rows = {v: {**median_row(runs[v], keys=("rps", "p50", "p90", "p99", "mean", "max")),
                     "requests": [r["requests"] for r in runs[v]]} for v in VARIANTS}
         return {"rows": rows, "path": PATH}

@@ -2,12 +2,10 @@
 workers, each with its own queue namespace so runs never see each other's
 messages (Redis: keys prefixed with the run id; embedded: a fresh data dir).
 """
-import http.client as httpclient
 import itertools
 import json
 import os
 import shutil
-import threading
 import time
 
 from common import (CONF, DATA, BenchError, free_port, get_text, http, log, metric_sum, redis_delete_prefix,
@@ -145,68 +143,16 @@ class Worker:
 
 
 class App:
-    """The sample app with no delay: the fast backend of every scenario."""
+    """The sample app with no delay and no request log (`--no-log`): the
+    fast backend of every scenario."""
 
     def __init__(self, S):
         self.port = free_port()
-        self.proc = spawn("sample-app", [S.bin["openhqm-sample-app"], "--port", str(self.port), "--delay-ms", "0"],
+        self.proc = spawn("sample-app", [S.bin["openhqm-sample-app"], "--port", str(self.port), "--delay-ms", "0",
+                                          "--no-log"],
                           port=self.port)
         self.url = f"http://127.0.0.1:{self.port}"
         wait_http(self.url + "/healthz", self.proc, timeout=30)
-
-    def trim_log(self):
-        """Clear the app's request log: see LogTrimmer."""
-        status, _, _ = http("POST", self.url + "/stats/reset", timeout=5)
-        if status != 204:
-            raise BenchError(f"sample app: POST /stats/reset answered {status}")
-
-
-class LogTrimmer:
-    """The sample app logs every /echo and /orders request (a JSON record
-    with all headers) into a Vec of up to 50,000 and drops the oldest with
-    Vec::remove(0), all under one mutex. Left alone that more than halves
-    its throughput (measured with wrk -c32: ~30k req/s while the log fills,
-    ~22k once full, ~65k with the log kept short), and clearing a long log
-    stalls every request for milliseconds (cleared every 0.2 s: p99 42 ms
-    instead of 3). So while it is measured the log is cleared
-    (POST /stats/reset) every 5 ms over one kept-alive connection, which
-    keeps it at a few hundred entries: p99 ~1.3 ms, no worse than the
-    untouched app's. Its `served` counter is reset too, so it is not used."""
-
-    def __init__(self, app, interval=0.005):
-        self.app, self.interval = app, interval
-        self._stop = threading.Event()
-        self._thread = None
-        self.error = None
-
-    def __enter__(self):
-        self.app.trim_log()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self):
-        conn = None
-        try:
-            conn = httpclient.HTTPConnection("127.0.0.1", self.app.port, timeout=5)
-            while not self._stop.wait(self.interval):
-                conn.request("POST", "/stats/reset", body=b"")
-                resp = conn.getresponse()
-                resp.read()
-                if resp.status != 204:
-                    raise BenchError(f"POST /stats/reset answered {resp.status}")
-        except Exception as e:  # reported when the block ends
-            self.error = e
-        finally:
-            if conn:
-                conn.close()
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        if self.error and not exc[0]:
-            raise BenchError(f"sample app log trimming failed: {self.error}; see {self.app.proc.log}")
-        return False
 
 
 def fresh_bridge(S, backend, app_port, port=None, name=None):

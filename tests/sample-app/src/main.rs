@@ -53,7 +53,9 @@ struct App {
     orders: Mutex<HashMap<String, Value>>,
     /// `--name`: which instance answered, in the request log.
     name: String,
-    log: Mutex<Vec<Value>>,
+    log: Mutex<std::collections::VecDeque<Value>>,
+    /// `--no-log` turns the request log off (benchmarks).
+    log_requests: bool,
     started: std::time::Instant,
 }
 
@@ -62,6 +64,9 @@ const LOG_LIMIT: usize = 50_000;
 
 impl App {
     fn record(&self, method: &str, path: &str, headers: &HeaderMap, body: &[u8], status: u16) {
+        if !self.log_requests {
+            return;
+        }
         let entry = json!({
             "at_ms": self.started.elapsed().as_secs_f64() * 1000.0,
             "instance": self.name,
@@ -79,9 +84,9 @@ impl App {
         });
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         if log.len() >= LOG_LIMIT {
-            log.remove(0);
+            log.pop_front();
         }
-        log.push(entry);
+        log.push_back(entry);
     }
 }
 
@@ -289,7 +294,7 @@ async fn echo(
 
 async fn requests(State(app): State<Arc<App>>) -> Json<Value> {
     let log = app.log.lock().unwrap_or_else(|p| p.into_inner());
-    Json(Value::Array(log.clone()))
+    Json(Value::Array(log.iter().cloned().collect()))
 }
 
 async fn stats(State(app): State<Arc<App>>) -> Json<Value> {
@@ -351,6 +356,7 @@ async fn main() {
     let mut port: u16 = 8080;
     let mut delay_ms: u64 = 200;
     let mut name = "app".to_string();
+    let mut log_requests = true;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| {
@@ -370,6 +376,8 @@ async fn main() {
                     .unwrap_or_else(|_| usage("--delay-ms takes a number"))
             }
             "--name" => name = value("--name"),
+            // A fast backend for benchmarks: no request log to maintain.
+            "--no-log" => log_requests = false,
             _ => usage(&format!("unknown argument {a}")),
         }
     }
@@ -385,7 +393,8 @@ async fn main() {
         attempts: Mutex::new(HashMap::new()),
         orders: Mutex::new(HashMap::new()),
         name,
-        log: Mutex::new(Vec::new()),
+        log: Mutex::new(std::collections::VecDeque::new()),
+        log_requests,
         started: std::time::Instant::now(),
     });
     let router = Router::new()
@@ -413,7 +422,7 @@ async fn main() {
 
 fn usage(msg: &str) -> ! {
     eprintln!(
-        "openhqm-sample-app: {msg}\nusage: openhqm-sample-app [--host H] [--port P] [--delay-ms N] [--name NAME]"
+        "openhqm-sample-app: {msg}\nusage: openhqm-sample-app [--host H] [--port P] [--delay-ms N] [--name NAME] [--no-log]"
     );
     std::process::exit(2);
 }
