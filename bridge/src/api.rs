@@ -540,7 +540,7 @@ async fn make_durable(
         Source::Api => "api",
     };
     state.metrics.accepted.with_label_values(&[source]).inc();
-    tracing::info!(correlation_id = %id, source, "accepted");
+    tracing::debug!(correlation_id = %id, source, "accepted");
     Ok(Durable {
         id,
         submitted_at: envelope.submitted_at,

@@ -29,7 +29,24 @@ pub fn init_logging(m: &MonitoringConfig) {
         "critical" => "error".to_string(),
         other => other.to_string(),
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // The level applies to OpenHQM's lines (and a custom processor's); the
+    // HTTP, Redis and MQTT libraries only speak up for warnings, unless
+    // RUST_LOG says more.
+    let libraries = if level == "error" { "error" } else { "warn" };
+    let directives = [
+        "hyper",
+        "hyper_util",
+        "h2",
+        "reqwest",
+        "tower",
+        "axum",
+        "redis",
+        "rumqttc",
+        "rusqlite",
+    ]
+    .iter()
+    .fold(level.clone(), |acc, lib| format!("{acc},{lib}={libraries}"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(directives));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -189,6 +189,8 @@ impl Stack {
             r#"["content-type", "x-sample-delay-ms", "x-sample-fail-times", "x-sample-fail-status"]"#,
         );
         stack.set("OPENHQM_MONITORING__LOG_FORMAT", "json");
+        // Every step of every request in the logs (tests read them).
+        stack.set("OPENHQM_MONITORING__LOG_LEVEL", "debug");
         stack.set("OPENHQM_WORKER__RETRY_DELAY_BASE", "0.05");
         stack.set("OPENHQM_WORKER__RETRY_DELAY_MAX", "0.2");
         stack

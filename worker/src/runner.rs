@@ -314,7 +314,7 @@ impl Worker {
         if let Err(e) = self.store.put(&record, self.ttl).await {
             tracing::warn!(correlation_id = %id, error = %e, "could not record PROCESSING; continuing");
         }
-        tracing::info!(correlation_id = %id, attempt = delivery.attempt, "processing");
+        tracing::debug!(correlation_id = %id, attempt = delivery.attempt, "processing");
 
         let plan = if self.config.proxy.enabled {
             match self.proxy.as_ref().map(|p| p.plan(work)) {
@@ -356,7 +356,7 @@ impl Worker {
             };
             match result {
                 Attempt::Answered(resp) => {
-                    tracing::info!(correlation_id = %id, status_code = resp.status_code, attempt, "completed");
+                    tracing::debug!(correlation_id = %id, status_code = resp.status_code, attempt, "completed");
                     record.status = Status::Completed;
                     record.error = None;
                     record.attempts = attempt;
