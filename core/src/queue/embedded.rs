@@ -182,7 +182,7 @@ impl EmbeddedQueue {
         values.extend(extra.into_iter().map(rusqlite::types::Value::from));
         let changed = self
             .db
-            .call(move |conn| conn.execute(sql, rusqlite::params_from_iter(values)))
+            .write(move |conn| conn.execute(sql, rusqlite::params_from_iter(values)))
             .await
             .map_err(unavailable)?;
         if changed == 0 {
@@ -208,7 +208,7 @@ impl Queue for EmbeddedQueue {
         let queue = self.name.clone();
         let attrs = serde_json::to_string(&message.attributes).unwrap_or_else(|_| "{}".into());
         self.db
-            .call(move |conn| {
+            .write(move |conn| {
                 let now = now();
                 conn.execute(
                     "INSERT INTO messages (queue, id, body, attributes, msg_key, attempts, visible_at, enqueued_at)
@@ -349,7 +349,7 @@ impl Queue for EmbeddedQueue {
         let queue = self.name.clone();
         let changed = self
             .db
-            .call(move |conn| {
+            .write(move |conn| {
                 conn.execute(
                     "DELETE FROM messages WHERE queue = ?1 AND seq = ?2",
                     params![queue, seq],

@@ -54,7 +54,7 @@ impl ResultStore for EmbeddedStore {
         let expires = now().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2));
         let changed = self
             .db
-            .call(move |conn| {
+            .write(move |conn| {
                 // An expired row counts as absent, final or not.
                 conn.execute(
                     "INSERT INTO results (id, status, is_final, record, expires_at)
@@ -83,7 +83,7 @@ impl ResultStore for EmbeddedStore {
         let expires = now().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2));
         let changed = self
             .db
-            .call(move |conn| {
+            .write(move |conn| {
                 // An expired row counts as absent.
                 conn.execute(
                     "INSERT INTO results (id, status, is_final, record, expires_at)
@@ -125,7 +125,7 @@ impl ResultStore for EmbeddedStore {
     async fn delete(&self, correlation_id: &str) -> Result<(), StoreError> {
         let id = correlation_id.to_string();
         self.db
-            .call(move |conn| conn.execute("DELETE FROM results WHERE id = ?1", params![id]))
+            .write(move |conn| conn.execute("DELETE FROM results WHERE id = ?1", params![id]))
             .await
             .map_err(StoreError::Unavailable)?;
         Ok(())
@@ -161,7 +161,7 @@ impl ResultStore for EmbeddedStore {
         );
         let expires = now().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2));
         self.db
-            .call(move |conn| {
+            .write(move |conn| {
                 // An expired claim counts as absent.
                 let inserted = conn.execute(
                     "INSERT INTO idempotency (key, fingerprint, correlation_id, expires_at)
@@ -197,7 +197,7 @@ impl ResultStore for EmbeddedStore {
     ) -> Result<(), StoreError> {
         let (key, id) = (key.to_string(), correlation_id.to_string());
         self.db
-            .call(move |conn| {
+            .write(move |conn| {
                 conn.execute(
                     "DELETE FROM idempotency WHERE key = ?1 AND correlation_id = ?2",
                     params![key, id],
