@@ -17,6 +17,9 @@ Settings (environment):
   WASM=<root>/target/wasm32-wasip1/wasm-release/openhqm_filter.wasm
   REDIS_HOST=127.0.0.1 REDIS_PORT=6379
 
+`--report-only` re-renders docs/benchmarks.md and the charts from
+docs/benchmarks.json without measuring.
+
 Python 3.11 standard library + matplotlib (installed into
 target/tools/bench-venv on first use).
 """
@@ -86,6 +89,12 @@ def versions(S):
 def main():
     ensure_venv()
     if "--setup-only" in sys.argv:
+        return 0
+    if "--report-only" in sys.argv:  # re-render the page and charts from docs/benchmarks.json
+        import report
+        import charts
+        results = json.load(open(RESULTS))
+        report.write(results, charts.draw(results))
         return 0
     S = common.Settings()
     common.S = S
