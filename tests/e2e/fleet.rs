@@ -59,24 +59,30 @@ fn redis_cleanup(run: &str) {
     }
 }
 
+/// A stack on the shared Redis, configured by the original's variables
+/// alone (no config file), with names of this run only, so runs and other
+/// tests on the Redis never mix.
+fn redis_stack(test: &str, run: &str) -> Stack {
+    let mut stack = Stack::new(test);
+    stack.set("OPENHQM_QUEUE__TYPE", "redis");
+    stack.set("OPENHQM_QUEUE__REDIS_URL", "redis://127.0.0.1:6379");
+    stack.set("OPENHQM_CACHE__TYPE", "redis");
+    stack.set("OPENHQM_CACHE__REDIS_URL", "redis://127.0.0.1:6379");
+    stack.set("OPENHQM_CACHE__KEY_PREFIX", &format!("fleet-{run}"));
+    stack.set(
+        "OPENHQM_QUEUE__REQUEST_QUEUE_NAME",
+        &format!("fleet-{run}-requests"),
+    );
+    stack
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_bridges_three_workers_on_redis_lose_nothing_when_a_worker_dies() {
     if !server_available("redis", "127.0.0.1:6379") {
         return;
     }
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-    let mut stack = Stack::new("fleet");
-    // The original's variables alone, no config file.
-    stack.set("OPENHQM_QUEUE__TYPE", "redis");
-    stack.set("OPENHQM_QUEUE__REDIS_URL", "redis://127.0.0.1:6379");
-    stack.set("OPENHQM_CACHE__TYPE", "redis");
-    stack.set("OPENHQM_CACHE__REDIS_URL", "redis://127.0.0.1:6379");
-    // Names of this run only, so runs and other tests on the Redis never mix.
-    stack.set("OPENHQM_CACHE__KEY_PREFIX", &format!("fleet-{run}"));
-    stack.set(
-        "OPENHQM_QUEUE__REQUEST_QUEUE_NAME",
-        &format!("fleet-{run}-requests"),
-    );
+    let mut stack = redis_stack("fleet", &run);
     stack.set(
         "OPENHQM_QUEUE__RESPONSE_QUEUE_NAME",
         &format!("fleet-{run}-responses"),
@@ -275,14 +281,8 @@ async fn clients_hanging_up_mid_submit_leave_no_half_accepted_requests() {
         return;
     }
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-    let mut stack = Stack::new("hangup");
-    stack.set("OPENHQM_QUEUE__TYPE", "redis");
-    stack.set("OPENHQM_QUEUE__REDIS_URL", "redis://127.0.0.1:6379");
-    stack.set("OPENHQM_CACHE__TYPE", "redis");
-    stack.set("OPENHQM_CACHE__REDIS_URL", "redis://127.0.0.1:6379");
-    stack.set("OPENHQM_CACHE__KEY_PREFIX", &format!("fleet-{run}"));
+    let mut stack = redis_stack("hangup", &run);
     let queue = format!("fleet-{run}-requests");
-    stack.set("OPENHQM_QUEUE__REQUEST_QUEUE_NAME", &queue);
     stack.set("OPENHQM_MONITORING__LOG_LEVEL", "WARN");
     stack.start_bridge().await;
     // No worker: what was accepted stays in the stream to be counted.

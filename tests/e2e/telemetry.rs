@@ -13,7 +13,8 @@ const RESULT_WAIT: Duration = Duration::from_secs(60);
 const INBOUND_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const INBOUND_SPAN: &str = "00f067aa0ba902b7";
 
-/// Start the OTLP test receiver; its base URL.
+/// Start the OTLP test receiver and point the stack's bridge and workers at
+/// it; its base URL.
 async fn start_receiver(stack: &mut Stack) -> String {
     let python = repo_root().join("target/tools/test-venv/bin/python");
     assert!(
@@ -32,6 +33,7 @@ async fn start_receiver(stack: &mut Stack) -> String {
     stack.keep(p);
     let url = format!("http://127.0.0.1:{port}");
     wait_ready(&format!("{url}/spans"), Duration::from_secs(20)).await;
+    stack.set("OPENHQM_MONITORING__OTLP_ENDPOINT", &url);
     url
 }
 
@@ -87,11 +89,22 @@ fn assert_child(child: &Value, parent: &Value) {
     assert!(child["start"].as_u64() >= parent["start"].as_u64());
 }
 
+/// The backend got the worker's call span as its parent, and every export
+/// the receiver saw matched the OTLP schema.
+async fn assert_backend_parent_and_valid_exports(result: &Value, call: &Value, receiver: &str) {
+    assert_eq!(
+        result["headers"]["x-received-traceparent"],
+        format!("00-{INBOUND_TRACE}-{}-01", call["spanId"].as_str().unwrap()),
+        "the app's parent span is the worker's call: {result}"
+    );
+    let errors = get_json(&format!("{receiver}/errors")).await;
+    assert_eq!(errors, json!([]), "every export matched the OTLP schema");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_runs_from_the_submit_api_through_the_queue_to_the_backend_call() {
     let mut stack = Stack::new("trace-api");
     let receiver = start_receiver(&mut stack).await;
-    stack.set("OPENHQM_MONITORING__OTLP_ENDPOINT", &receiver);
     stack.start_app(0).await;
     stack.start_bridge().await;
     stack.start_worker();
@@ -141,21 +154,13 @@ async fn one_trace_runs_from_the_submit_api_through_the_queue_to_the_backend_cal
     assert_child(call, process);
     assert_eq!(call["kind"], 3, "CLIENT");
     assert_eq!(call["attributes"]["http.response.status_code"], 201);
-    // The backend got the call span as its parent.
-    assert_eq!(
-        result["headers"]["x-received-traceparent"],
-        format!("00-{INBOUND_TRACE}-{}-01", call["spanId"].as_str().unwrap()),
-        "{result}"
-    );
-    let errors = get_json(&format!("{receiver}/errors")).await;
-    assert_eq!(errors, json!([]), "every export matched the OTLP schema");
+    assert_backend_parent_and_valid_exports(&result, call, &receiver).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_runs_from_the_filter_in_envoy_through_bridge_queue_and_worker_to_the_app() {
     let mut stack = Stack::new("trace-filter");
     let receiver = start_receiver(&mut stack).await;
-    stack.set("OPENHQM_MONITORING__OTLP_ENDPOINT", &receiver);
     let port: u16 = receiver.rsplit(':').next().unwrap().parse().unwrap();
     stack.otel_port = Some(port);
     stack.filter_config_extra = r#""tracing": {"otlp_cluster": "otel", "flush_ms": 200},"#.into();
@@ -206,21 +211,14 @@ async fn one_trace_runs_from_the_filter_in_envoy_through_bridge_queue_and_worker
     assert_child(&publish, &bridge);
     assert_child(&process, &publish);
     assert_child(&call, &process);
-    assert_eq!(
-        result["headers"]["x-received-traceparent"],
-        format!("00-{INBOUND_TRACE}-{}-01", call["spanId"].as_str().unwrap()),
-        "the app's parent span is the worker's call: {result}"
-    );
     assert_eq!(spans.len(), 5, "one span per hop: {spans:?}");
-    let errors = get_json(&format!("{receiver}/errors")).await;
-    assert_eq!(errors, json!([]), "every export matched the OTLP schema");
+    assert_backend_parent_and_valid_exports(&result, &call, &receiver).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untraced_request_starts_a_trace_and_a_failing_call_is_marked_as_an_error() {
     let mut stack = Stack::new("trace-new");
     let receiver = start_receiver(&mut stack).await;
-    stack.set("OPENHQM_MONITORING__OTLP_ENDPOINT", &receiver);
     stack.set("OPENHQM_WORKER__MAX_RETRIES", "1");
     stack.start_app(0).await;
     stack.start_bridge().await;

@@ -44,60 +44,63 @@ fn now() -> i64 {
     i64::try_from(now_ms()).unwrap_or(i64::MAX / 2)
 }
 
+/// Which live row a write may replace (an expired row counts as absent).
+enum Replace {
+    UnlessFinal,
+    Never,
+}
+
+impl EmbeddedStore {
+    /// Insert the record, or replace the row as `replace` allows; true when
+    /// written.
+    async fn write_record(
+        &self,
+        record: &RequestRecord,
+        ttl: Duration,
+        replace: Replace,
+    ) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let id = record.correlation_id.clone();
+        let status = record.status.as_str();
+        let is_final = record.status.is_final();
+        let expires = now().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2));
+        let replace_when = match replace {
+            Replace::UnlessFinal => "results.is_final = 0 OR results.expires_at <= ?6",
+            Replace::Never => "results.expires_at <= ?6",
+        };
+        let sql = format!(
+            "INSERT INTO results (id, status, is_final, record, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(id) DO UPDATE SET
+                status = excluded.status, is_final = excluded.is_final,
+                record = excluded.record, expires_at = excluded.expires_at
+             WHERE {replace_when}"
+        );
+        let changed = self
+            .db
+            .write(move |conn| {
+                conn.execute(&sql, params![id, status, is_final, json, expires, now()])
+            })
+            .await
+            .map_err(StoreError::Unavailable)?;
+        Ok(changed > 0)
+    }
+}
+
 #[async_trait]
 impl ResultStore for EmbeddedStore {
     async fn put(&self, record: &RequestRecord, ttl: Duration) -> Result<PutOutcome, StoreError> {
-        let json = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let id = record.correlation_id.clone();
-        let status = record.status.as_str();
-        let is_final = record.status.is_final();
-        let expires = now().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2));
-        let changed = self
-            .db
-            .write(move |conn| {
-                // An expired row counts as absent, final or not.
-                conn.execute(
-                    "INSERT INTO results (id, status, is_final, record, expires_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT(id) DO UPDATE SET
-                        status = excluded.status, is_final = excluded.is_final,
-                        record = excluded.record, expires_at = excluded.expires_at
-                     WHERE results.is_final = 0 OR results.expires_at <= ?6",
-                    params![id, status, is_final, json, expires, now()],
-                )
-            })
-            .await
-            .map_err(StoreError::Unavailable)?;
-        Ok(if changed == 0 {
-            PutOutcome::KeptFinal
-        } else {
-            PutOutcome::Written
-        })
+        Ok(
+            if self.write_record(record, ttl, Replace::UnlessFinal).await? {
+                PutOutcome::Written
+            } else {
+                PutOutcome::KeptFinal
+            },
+        )
     }
 
     async fn create(&self, record: &RequestRecord, ttl: Duration) -> Result<bool, StoreError> {
-        let json = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let id = record.correlation_id.clone();
-        let status = record.status.as_str();
-        let is_final = record.status.is_final();
-        let expires = now().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2));
-        let changed = self
-            .db
-            .write(move |conn| {
-                // An expired row counts as absent.
-                conn.execute(
-                    "INSERT INTO results (id, status, is_final, record, expires_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT(id) DO UPDATE SET
-                        status = excluded.status, is_final = excluded.is_final,
-                        record = excluded.record, expires_at = excluded.expires_at
-                     WHERE results.expires_at <= ?6",
-                    params![id, status, is_final, json, expires, now()],
-                )
-            })
-            .await
-            .map_err(StoreError::Unavailable)?;
-        Ok(changed == 1)
+        self.write_record(record, ttl, Replace::Never).await
     }
 
     async fn get(&self, correlation_id: &str) -> Result<Option<RequestRecord>, StoreError> {
