@@ -236,7 +236,7 @@ def where_ingress_time_goes(s):
         "**Where the time goes (captured requests on Redis, 32 connections).** CPU per request in this run: "
         f"Envoy {per['envoy']:.0f} µs (against {envoy_app:.0f} µs when it proxies the same request to the app), "
         f"bridge {per['bridge']:.0f} µs, Redis {per['redis']:.0f} µs. Envoy's single worker thread is the "
-        "limit: a capture costs it about twice a proxied request, so even at 100% of its core it would top out "
+        "tightest resource: a capture costs it about twice a proxied request, so even at 100% of its core it would top out "
         f"near {n0(ceiling)} req/s ({ceiling / app['rps']:.0%} of Envoy -> app's rate), short of the 60% target "
         "before the bridge or Redis count. A system-wide `perf record` of a captured run on Redis (taken while "
         "tuning) split Envoy's thread as: Envoy's own code and the V8 runtime about 58%, kernel (two TCP hops "
@@ -245,11 +245,12 @@ def where_ingress_time_goes(s):
         "stream, the host calls that copy headers and body into the VM, an async HTTP client request to the "
         "bridge (`dispatch_http_call`) and a local reply (`send_http_response`), where a proxied request only "
         "streams through the router. Idle CPU remains (the machine is not saturated at 32 connections); more "
-        "Envoy threads do not help on 2 cores (measured with `ENVOY_CONCURRENCY=2`: capture and baseline both "
-        "gain nothing, the machine is then full). Levers not taken yet: routing captures to the bridge through "
+        "Envoy threads do not help on 2 cores (one short run with `ENVOY_CONCURRENCY=2` while tuning: capture "
+        "12.4k, baseline 32.0k req/s, with both cores then full). Levers not taken yet: routing captures to the bridge through "
         "Envoy's router (the request streams to the bridge like a proxied one, metadata in headers, no "
-        "`dispatch_http_call` or local reply; it changes the hand-off format and how `passthrough` falls back), "
-        "and HTTP/2 from Envoy to the bridge (fewer connections and syscalls).",
+        "`dispatch_http_call` or local reply; it changes the hand-off format and how `passthrough` falls back). "
+        "HTTP/2 from Envoy to the bridge was tried (one short run while tuning: 14.2k req/s, Envoy at 71% of its core, "
+        "but p99 42 ms against 4 ms over HTTP/1.1), so the bridge cluster stays on HTTP/1.1.",
         "",
     ]
 
