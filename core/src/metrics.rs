@@ -28,29 +28,20 @@ pub struct QueueGauges {
 
 impl QueueGauges {
     pub fn register(registry: &Registry) -> QueueGauges {
-        let depth = IntGaugeVec::new(
-            Opts::new(
+        QueueGauges {
+            depth: gauge(
+                registry,
                 "openhqm_queue_depth",
                 "Messages in the request queue by state (ready, in_flight)",
+                &["queue", "state"],
             ),
-            &["queue", "state"],
-        )
-        .expect("valid metric");
-        let dlq_depth = IntGaugeVec::new(
-            Opts::new(
+            dlq_depth: gauge(
+                registry,
                 "openhqm_dlq_depth",
                 "Messages waiting in the dead-letter queue",
+                &["queue"],
             ),
-            &["queue"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(depth.clone()))
-            .expect("metric registered once");
-        registry
-            .register(Box::new(dlq_depth.clone()))
-            .expect("metric registered once");
-        QueueGauges { depth, dlq_depth }
+        }
     }
 
     /// Ask the broker for the depths; a broker that does not answer in time

@@ -16,7 +16,6 @@
 use crate::config::{LogFormat, MonitoringConfig};
 use openhqm_trace::{encode_export_request, AttrValue, Span, SpanId, SpanKind, SpanStatus};
 use openhqm_trace::{TraceContext, TraceId};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -128,7 +127,7 @@ impl OtlpTarget {
     }
 }
 
-/// Spans waiting for the exporter task beyond this are dropped (and counted):
+/// Spans waiting for the exporter task beyond this are dropped:
 /// a slow collector must never hold up requests or grow memory.
 const QUEUE_CAPACITY: usize = 8192;
 const MAX_BATCH: usize = 512;
@@ -146,16 +145,6 @@ struct Exporter {
 }
 
 static EXPORTER: OnceLock<Exporter> = OnceLock::new();
-static SPANS_DROPPED: AtomicU64 = AtomicU64::new(0);
-static SPANS_EXPORTED: AtomicU64 = AtomicU64::new(0);
-
-/// Spans exported and dropped so far (for the programs' metrics).
-pub fn span_counts() -> (u64, u64) {
-    (
-        SPANS_EXPORTED.load(Ordering::Relaxed),
-        SPANS_DROPPED.load(Ordering::Relaxed),
-    )
-}
 
 /// Start the OTLP exporter when an endpoint is configured. Call once, inside
 /// the tokio runtime.
@@ -218,14 +207,11 @@ async fn export_loop(target: OtlpTarget, service: String, mut rx: mpsc::Receiver
         }
         if !batch.is_empty() {
             let body = encode_export_request(&service, &resource, &batch);
-            let n = batch.len() as u64;
+            let n = batch.len();
             batch.clear();
             match tokio::time::timeout(POST_TIMEOUT, post(&target, &body)).await {
-                Ok(Ok(status)) if (200..300).contains(&status) => {
-                    SPANS_EXPORTED.fetch_add(n, Ordering::Relaxed);
-                }
+                Ok(Ok(status)) if (200..300).contains(&status) => {}
                 outcome => {
-                    SPANS_DROPPED.fetch_add(n, Ordering::Relaxed);
                     let why = match outcome {
                         Ok(Ok(status)) => format!("collector answered {status}"),
                         Ok(Err(e)) => e,
@@ -386,9 +372,8 @@ impl Drop for TraceSpan {
             return;
         };
         span.end_unix_nanos = now_nanos().max(span.start_unix_nanos);
-        if exp.tx.try_send(Command::Span(span)).is_err() {
-            SPANS_DROPPED.fetch_add(1, Ordering::Relaxed);
-        }
+        // A full queue drops the span: export must never hold up a request.
+        let _ = exp.tx.try_send(Command::Span(span));
     }
 }
 

@@ -267,7 +267,7 @@ impl Worker {
         .instrument(log_span)
         .await;
         trace.attr("openhqm.outcome", outcome);
-        if matches!(outcome, "failed" | "dead_lettered" | "timeout") {
+        if matches!(outcome, "failed" | "timeout") {
             trace.set_error(outcome);
         }
         outcome

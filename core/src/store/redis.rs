@@ -302,14 +302,18 @@ fn unavailable(e: RedisError) -> StoreError {
     StoreError::Unavailable(format!("redis: {e}"))
 }
 
+/// A TTL for `PX`: at least 1 ms (`PX 0` is an error in Redis).
+fn ttl_millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis())
+        .unwrap_or(u64::MAX / 2)
+        .max(1)
+}
+
 #[async_trait]
 impl ResultStore for RedisStore {
     async fn put(&self, record: &RequestRecord, ttl: Duration) -> Result<PutOutcome, StoreError> {
         let json = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        // PX 0 is an error in Redis: the shortest TTL is 1 ms.
-        let ttl_ms = u64::try_from(ttl.as_millis())
-            .unwrap_or(u64::MAX / 2)
-            .max(1);
+        let ttl_ms = ttl_millis(ttl);
         let is_final = if record.status.is_final() { "1" } else { "0" };
         let con = self.commands().await?;
         let key = self.key(&record.correlation_id);
@@ -335,9 +339,7 @@ impl ResultStore for RedisStore {
 
     async fn create(&self, record: &RequestRecord, ttl: Duration) -> Result<bool, StoreError> {
         let json = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let ttl_ms = u64::try_from(ttl.as_millis())
-            .unwrap_or(u64::MAX / 2)
-            .max(1);
+        let ttl_ms = ttl_millis(ttl);
         let con = self.commands().await?;
         let key = self.key(&record.correlation_id);
         // One round trip, no script: SET ... NX answers nil when the key exists.
@@ -377,9 +379,7 @@ impl ResultStore for RedisStore {
         let con = self.commands().await?;
         let redis_key = format!("{}:idem:{key}", self.key_prefix);
         let value = format!("{fingerprint}\n{correlation_id}");
-        let ttl_ms = u64::try_from(ttl.as_millis())
-            .unwrap_or(u64::MAX / 2)
-            .max(1);
+        let ttl_ms = ttl_millis(ttl);
         let script = Script::new(CLAIM_LUA);
         let existing: String = call(&con, COMMAND_TIMEOUT, |mut con| {
             let mut invocation = script.key(&redis_key);
