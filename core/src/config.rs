@@ -6,7 +6,7 @@
 //! before it binds a port with a message an operator can act on.
 
 use serde::{Deserialize, Serialize};
-use serde_yaml::{Mapping, Value};
+use yaml_serde::{Mapping, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -747,7 +747,7 @@ impl Config {
         env: &[(String, String)],
     ) -> Result<Config, ConfigError> {
         let mut tree = match yaml {
-            Some(text) if !text.trim().is_empty() => serde_yaml::from_str::<Value>(text)
+            Some(text) if !text.trim().is_empty() => yaml_serde::from_str::<Value>(text)
                 .map_err(|e| ConfigError::new("", format!("config file is not valid YAML: {e}")))?,
             _ => Value::Mapping(Mapping::new()),
         };
@@ -1120,7 +1120,7 @@ fn check_auth(ep: &EndpointConfig) -> Result<(), String> {
 fn typed_env_value(raw: &str) -> Value {
     let t = raw.trim();
     if t.starts_with('{') || t.starts_with('[') {
-        if let Ok(v) = serde_yaml::from_str::<Value>(t) {
+        if let Ok(v) = yaml_serde::from_str::<Value>(t) {
             return v;
         }
     }
@@ -1234,7 +1234,7 @@ fn expand_vars(
             for (k, v) in map.iter_mut() {
                 let name = match k {
                     Value::String(s) => s.clone(),
-                    other => serde_yaml::to_string(other)
+                    other => yaml_serde::to_string(other)
                         .unwrap_or_default()
                         .trim()
                         .to_string(),

@@ -1041,9 +1041,9 @@ mod tests {
     /// manifests cannot drift from the code.
     #[test]
     fn shipped_plugin_configs_parse() {
-        fn collect(v: &serde_yaml::Value, found: &mut Vec<String>) {
+        fn collect(v: &yaml_serde::Value, found: &mut Vec<String>) {
             match v {
-                serde_yaml::Value::Mapping(m) => {
+                yaml_serde::Value::Mapping(m) => {
                     for (k, child) in m {
                         if k.as_str() == Some("pluginConfig") {
                             found.push(serde_json::to_string(child).unwrap());
@@ -1052,8 +1052,8 @@ mod tests {
                         }
                     }
                 }
-                serde_yaml::Value::Sequence(items) => items.iter().for_each(|i| collect(i, found)),
-                serde_yaml::Value::String(s) if s.contains("\"bridge_cluster\"") => {
+                yaml_serde::Value::Sequence(items) => items.iter().for_each(|i| collect(i, found)),
+                yaml_serde::Value::String(s) if s.contains("\"bridge_cluster\"") => {
                     found.push(s.clone())
                 }
                 _ => {}
@@ -1068,8 +1068,8 @@ mod tests {
         for file in files {
             let text = std::fs::read_to_string(root.join(file)).unwrap();
             let mut found = Vec::new();
-            for doc in serde_yaml::Deserializer::from_str(&text) {
-                collect(&serde_yaml::Value::deserialize(doc).unwrap(), &mut found);
+            for doc in yaml_serde::Deserializer::from_str(&text) {
+                collect(&yaml_serde::Value::deserialize(doc).unwrap(), &mut found);
             }
             assert!(!found.is_empty(), "{file}: no plugin configuration found");
             for config in found {

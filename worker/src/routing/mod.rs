@@ -65,7 +65,7 @@ impl std::error::Error for RouteError {}
 impl RoutingTable {
     /// Parse a `routing.yaml` (or JSON) text.
     pub fn from_text(text: &str) -> Result<RoutingTable, String> {
-        let value: Value = serde_yaml::from_str(text).map_err(|e| format!("not YAML: {e}"))?;
+        let value: Value = yaml_serde::from_str(text).map_err(|e| format!("not YAML: {e}"))?;
         Self::from_value(value)
     }
 
