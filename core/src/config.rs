@@ -6,10 +6,10 @@
 //! before it binds a port with a message an operator can act on.
 
 use serde::{Deserialize, Serialize};
-use yaml_serde::{Mapping, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use yaml_serde::{Mapping, Value};
 
 /// The environment prefix for overrides (`OPENHQM_QUEUE__TYPE=redis`).
 pub const ENV_PREFIX: &str = "OPENHQM_";
