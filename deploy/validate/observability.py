@@ -42,6 +42,11 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 
 RULES = "deploy/observability/prometheus-rules.yaml"
 RULE_TESTS = "deploy/observability/prometheus-rules.test.yaml"
+# Recording rules that give the original OpenHQM's series from ours.
+COMPAT_RULES = "deploy/observability/original-metrics-rules.yaml"
+COMPAT_RULE_TESTS = "deploy/observability/original-metrics-rules.test.yaml"
+COMPAT_PROMETHEUSRULE = "deploy/kubernetes/openhqm-original-metrics-prometheusrule.yaml"
+MIGRATION_DOC = "docs/migration.md"
 DASHBOARD = "deploy/observability/grafana-dashboard.json"
 PROMETHEUSRULE = "deploy/kubernetes/openhqm-prometheusrule.yaml"
 DOCS = "docs/operations.md"
@@ -112,6 +117,15 @@ def documented_metrics(root):
     return out
 
 
+def compat_recorded_names(root):
+    """The series names the compatibility rule file records."""
+    try:
+        text = read(os.path.join(root, COMPAT_RULES))
+    except OSError:
+        return set()
+    return set(re.findall(r"^\s*-?\s*record:\s*([A-Za-z_:][A-Za-z0-9_:]*)\s*$", text, re.M))
+
+
 class Catalog:
     """What the checks may refer to: documented metrics, and which exist."""
 
@@ -120,6 +134,8 @@ class Catalog:
         self.docs = documented_metrics(root)
         self.sources = source_metric_names(root)
         self.pending = pending_names()
+        # Names OpenHQM exports that the compatibility rules also record.
+        self.shared = {n for n in compat_recorded_names(root) if self.base(n)[0] is not None}
 
     def base(self, name):
         """(documented base name, suffix) for a series name, or (None, None)."""
@@ -170,7 +186,9 @@ def catalog_errors(cat):
 
 # --------------------------------------------------------------- PromQL lint
 def selectors(expr):
-    """(metric, {label: value-or-None}, start, end) for every openhqm_* selector."""
+    """(metric, {label: [(op, value), ...]}, start, end) for every openhqm_* selector.
+
+    A label may be matched more than once (`{queue!="",queue=~"$queue"}`)."""
     out = []
     for m in METRIC_RE.finditer(expr):
         name, end = m.group(1), m.end()
@@ -179,7 +197,7 @@ def selectors(expr):
         b = re.match(r"\s*\{([^}]*)\}", rest)
         if b:
             for lm in re.finditer(r'([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"', b.group(1)):
-                labels[lm.group(1)] = (lm.group(2), lm.group(3))
+                labels.setdefault(lm.group(1), []).append((lm.group(2), lm.group(3)))
             end += b.end()
         out.append((name, labels, m.start(), end))
     return out
@@ -206,8 +224,26 @@ def call_args(expr, start):
     return expr[i + 1 :]
 
 
-def lint_expr(expr, cat, extra_labels=()):
-    """Metric names, labels and counter/gauge/histogram use in one query."""
+def excludes_empty(op, value):
+    """Whether a label matcher rejects series that lack the label."""
+    if op == "=":
+        return value != ""
+    if op == "!=":
+        return value == ""
+    if op == "=~":
+        try:
+            return re.fullmatch(value, "") is None
+        except re.error:
+            return False
+    return False
+
+
+def lint_expr(expr, cat, extra_labels=(), copies=False):
+    """Metric names, labels and counter/gauge/histogram use in one query.
+
+    copies: a recording rule that copies series 1:1 (label_replace, sum
+    without): counters and buckets may be used as instant values.
+    """
     errs = []
     used = set()
     for name, matchers, start, end in selectors(expr):
@@ -222,6 +258,18 @@ def lint_expr(expr, cat, extra_labels=()):
             if label not in known and label != "__name__":
                 errs.append(f"{name} has no label {label!r} (it has: {', '.join(sorted(known))})")
         kind = cat.docs[base]["type"]
+        if name in cat.shared and not copies and not any(
+            label in cat.docs[base]["labels"] and excludes_empty(op, v)
+            for label, ms in matchers.items()
+            for op, v in ms
+        ):
+            own = ", ".join(sorted(cat.docs[base]["labels"]))
+            errs.append(
+                f"{name}: the original's series are recorded under this name too ({COMPAT_RULES}); "
+                f"select OpenHQM's own with a matcher on one of its labels that excludes the empty value ({own}), e.g. {{{own.split(', ')[0]}!=\"\"}}"
+            )
+        if copies:
+            continue
         ranged = re.match(r"\s*\[", expr[end:]) is not None
         before = expr[:start].rstrip()
         fn = re.search(r"([a-z_]+)\s*\(\s*$", before)
@@ -412,8 +460,12 @@ def dashboard_errors(path, cat, promtool):
 
 
 # -------------------------------------------------------------------- rules
-def rules_errors(rules_path, tests_path, cat, promtool, docs_text):
-    """Errors of a rule file and (optionally) its tests; (errors, metrics used)."""
+def rules_errors(rules_path, tests_path, cat, promtool, docs_text, copies=False):
+    """Errors of a rule file and (optionally) its tests; (errors, metrics used).
+
+    copies: the file's recording rules copy series 1:1 (the compatibility
+    rules), so counters may appear without rate().
+    """
     try:
         import yaml  # PyYAML: validate.sh runs this with its venv's Python
     except ImportError:
@@ -436,7 +488,7 @@ def rules_errors(rules_path, tests_path, cat, promtool, docs_text):
     for group, r in rules:
         what = r.get("alert") or r.get("record")
         where = f"{name}: {group}/{what}"
-        problems, names = lint_expr(str(r.get("expr", "")), cat)
+        problems, names = lint_expr(str(r.get("expr", "")), cat, copies=copies and "record" in r)
         used |= names
         errs.extend(f"{where}: {e}" for e in problems)
         if "alert" not in r:
@@ -508,12 +560,12 @@ spec:
 """
 
 
-def prometheusrule_text(rules_text):
+def prometheusrule_text(rules_text, header=PR_HEADER):
     """The rule file under spec:, its own leading comments left out."""
     lines = rules_text.splitlines()
     start = next((i for i, l in enumerate(lines) if l.strip() and not l.lstrip().startswith("#")), len(lines))
     body = "\n".join(("  " + l) if l.strip() else "" for l in lines[start:])
-    return PR_HEADER + body.rstrip("\n") + "\n"
+    return header + body.rstrip("\n") + "\n"
 
 
 def prometheusrule_errors(root, rules_path, manifest_path):
@@ -526,6 +578,43 @@ def prometheusrule_errors(root, rules_path, manifest_path):
     if have != want:
         return [f"{rel}: differs from what {os.path.relpath(rules_path, root)} generates; run: python3 deploy/validate/observability.py generate --write"]
     return []
+
+
+COMPAT_PR_HEADER = PR_HEADER.replace(
+    "deploy/observability/prometheus-rules.yaml", COMPAT_RULES
+).replace(
+    "# The OpenHQM alert rules for the prometheus-operator (kube-prometheus-stack).",
+    "# The original OpenHQM's metric series, recorded from OpenHQM's, for the\n# prometheus-operator (kube-prometheus-stack); see docs/migration.md#metrics.",
+).replace("  name: openhqm\n", "  name: openhqm-original-metrics\n").replace(
+    "app.kubernetes.io/component: alerts", "app.kubernetes.io/component: recording-rules"
+)
+
+
+def compat_errors(root, cat, promtool):
+    """The compatibility recording rules: promtool, tests, docs, manifest."""
+    docs_text = read(os.path.join(root, DOCS))
+    errs, _ = rules_errors(os.path.join(root, COMPAT_RULES), os.path.join(root, COMPAT_RULE_TESTS), cat, promtool, docs_text, copies=True)
+    try:
+        migration = read(os.path.join(root, MIGRATION_DOC))
+    except OSError:
+        migration = ""
+    bases = set()
+    for n in sorted(compat_recorded_names(root)):
+        base = re.sub(r"_(bucket|sum|count)$", "", n)
+        if base != n and base in bases:
+            continue
+        bases.add(base)
+        if f"`{base}" not in migration:
+            errs.append(f"{MIGRATION_DOC}: the recorded series {base} is not in the metrics mapping")
+    text = read(os.path.join(root, COMPAT_RULES))
+    want = prometheusrule_text(text, COMPAT_PR_HEADER)
+    try:
+        have = read(os.path.join(root, COMPAT_PROMETHEUSRULE))
+    except OSError:
+        have = None
+    if have != want:
+        errs.append(f"{COMPAT_PROMETHEUSRULE}: missing or differs from what {COMPAT_RULES} generates; run: python3 deploy/validate/observability.py generate --write")
+    return errs
 
 
 # -------------------------------------------------------------------- modes
@@ -562,10 +651,11 @@ def cmd_check(args):
         (f"{RULES} (promtool check rules, metadata, runbook anchors, metrics and labels) + {RULE_TESTS} (promtool test rules)", rule_errs),
         (f"{DASHBOARD} (structure, PromQL parsed by promtool, metrics and labels)", dash_errs),
         (f"{PROMETHEUSRULE} is generated from {RULES}", prometheusrule_errors(root, os.path.join(root, RULES), os.path.join(root, PROMETHEUSRULE))),
+        (f"{COMPAT_RULES} (the original's series: promtool check + test rules, {MIGRATION_DOC}, {COMPAT_PROMETHEUSRULE})", compat_errors(root, cat, args.promtool)),
     ])
     if notes:
         print(f"observability: note: documented but on neither the dashboard nor in an alert: {', '.join(notes)}")
-    print(f"observability: {4 - failed} passed, {failed} failed")
+    print(f"observability: {5 - failed} passed, {failed} failed")
     return 1 if failed else 0
 
 
@@ -617,13 +707,17 @@ def cmd_self_test(args):
 
 
 def cmd_generate(args):
-    text = prometheusrule_text(read(os.path.join(args.root, RULES)))
-    if args.write:
-        with open(os.path.join(args.root, PROMETHEUSRULE), "w", encoding="utf-8") as f:
-            f.write(text)
-        print(f"wrote {PROMETHEUSRULE}")
-    else:
-        sys.stdout.write(text)
+    outputs = [
+        (PROMETHEUSRULE, prometheusrule_text(read(os.path.join(args.root, RULES)))),
+        (COMPAT_PROMETHEUSRULE, prometheusrule_text(read(os.path.join(args.root, COMPAT_RULES)), COMPAT_PR_HEADER)),
+    ]
+    for path, text in outputs:
+        if args.write:
+            with open(os.path.join(args.root, path), "w", encoding="utf-8") as f:
+                f.write(text)
+            print(f"wrote {path}")
+        else:
+            sys.stdout.write(f"# --- {path}\n" + text)
     return 0
 
 
