@@ -473,6 +473,10 @@ pub struct CacheConfig {
     pub key_prefix: String,
     /// With `type: custom`: the registered name of the store.
     pub custom_class: Option<String>,
+    /// Redis only: also write each request's status and result where the
+    /// original OpenHQM's API reads them (`req:{id}:meta`, `resp:{id}`), for
+    /// a rolling migration (docs/migration.md).
+    pub original_keys: bool,
 }
 
 impl Default for CacheConfig {
@@ -484,6 +488,7 @@ impl Default for CacheConfig {
             max_connections: 10,
             key_prefix: "openhqm".into(),
             custom_class: None,
+            original_keys: false,
         }
     }
 }
@@ -886,6 +891,15 @@ impl Config {
             .map_err(|m| ConfigError::new("worker.no_retry_on_status", m))?;
         if self.cache.ttl_seconds == 0 {
             return Err(ConfigError::new("cache.ttl_seconds", "must be at least 1"));
+        }
+        if self.cache.original_keys && self.cache.kind != CacheType::Redis {
+            return Err(ConfigError::new(
+                "cache.original_keys",
+                format!(
+                    "the original's result keys live in Redis; needs cache.type: redis (is {})",
+                    format!("{:?}", self.cache.kind).to_lowercase()
+                ),
+            ));
         }
         for (name, ep) in &self.proxy.endpoints {
             let key = format!("proxy.endpoints.{name}");
@@ -1368,6 +1382,23 @@ mod tests {
         let err = Config::from_sources(Some(yaml), &[]).unwrap_err();
         assert_eq!(err.key, "proxy.endpoints.app.auth_token");
         assert!(err.message.contains("TOKEN"), "{err}");
+    }
+
+    #[test]
+    fn original_keys_need_the_redis_store() {
+        let err = Config::from_sources(None, &env(&[("OPENHQM_CACHE__ORIGINAL_KEYS", "true")]))
+            .unwrap_err();
+        assert_eq!(err.key, "cache.original_keys");
+        assert!(err.message.contains("embedded"), "{err}");
+        let c = Config::from_sources(
+            None,
+            &env(&[
+                ("OPENHQM_CACHE__TYPE", "redis"),
+                ("OPENHQM_CACHE__ORIGINAL_KEYS", "true"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.cache.original_keys);
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod dlq;
 pub mod envelope;
 pub mod metrics;
 pub mod model;
+pub mod original;
 pub mod queue;
 pub mod registry;
 pub mod retry;

@@ -1,10 +1,12 @@
 //! What the worker received, whatever produced it: an OpenHQM envelope
 //! (captured request or submit-API payload) or a foreign message put on the
-//! queue by another system (pattern 2, queue -> HTTP).
+//! queue by another system (pattern 2, queue -> HTTP), or the original
+//! OpenHQM's request message (core::original::message).
 
 use openhqm_core::config::MessageFormat;
 use openhqm_core::envelope::{Envelope, HttpRequest, Metadata, Source};
 use openhqm_core::model::is_valid_correlation_id;
+use openhqm_core::original;
 use openhqm_core::queue::Message;
 use openhqm_core::time::now_rfc3339;
 use serde_json::Value;
@@ -49,16 +51,20 @@ impl Work {
         format: MessageFormat,
         queue: &str,
     ) -> Result<Work, String> {
+        if format == MessageFormat::Raw {
+            return Ok(Work::foreign(message, queue));
+        }
+        if looks_like_envelope(&message.body) {
+            return Envelope::decode(&message.body).map(Work::from_envelope);
+        }
+        // The original OpenHQM's request messages (a rolling migration on a
+        // shared broker) are envelopes too, in its own shape.
+        if let Some(decoded) = original::message::decode(&message.body) {
+            return decoded.map(Work::from_envelope);
+        }
         match format {
-            MessageFormat::Envelope => Envelope::decode(&message.body).map(Work::from_envelope),
-            MessageFormat::Raw => Ok(Work::foreign(message, queue)),
-            MessageFormat::Auto => {
-                if looks_like_envelope(&message.body) {
-                    Envelope::decode(&message.body).map(Work::from_envelope)
-                } else {
-                    Ok(Work::foreign(message, queue))
-                }
-            }
+            MessageFormat::Auto => Ok(Work::foreign(message, queue)),
+            _ => Envelope::decode(&message.body).map(Work::from_envelope),
         }
     }
 
@@ -249,6 +255,28 @@ mod tests {
         // A broken envelope is still an error in auto mode, not a foreign message.
         let broken = br#"{"version": 1, "correlation_id": "x", "source": "filter"}"#;
         assert!(Work::from_message(&msg(broken), MessageFormat::Auto, "q").is_err());
+    }
+
+    #[test]
+    fn the_originals_stream_entries_are_envelopes_in_every_format_but_raw() {
+        let message = serde_json::json!({
+            "correlation_id": "550e8400-e29b-41d4-a716-446655440000",
+            "payload": {"operation": "echo"},
+            "headers": {},
+            "timestamp": "2026-02-07T10:30:00+00:00",
+            "metadata": {"priority": 0, "timeout": 300, "retry_count": 0, "endpoint": null, "method": null},
+        });
+        let entry = serde_json::json!({"payload": message.to_string()});
+        for format in [MessageFormat::Envelope, MessageFormat::Auto] {
+            let w = Work::from_message(&msg(entry.to_string().as_bytes()), format, "q").unwrap();
+            assert_eq!(w.correlation_id, "550e8400-e29b-41d4-a716-446655440000");
+            assert!(
+                matches!(&w.body, WorkBody::Api { payload, .. } if payload["operation"] == "echo")
+            );
+        }
+        let raw = Work::from_message(&msg(entry.to_string().as_bytes()), MessageFormat::Raw, "q")
+            .unwrap();
+        assert!(matches!(raw.body, WorkBody::Foreign { .. }));
     }
 
     #[test]

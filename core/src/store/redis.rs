@@ -18,6 +18,7 @@
 use super::{IdempotencyClaim, PutOutcome, ResultStore, StoreError, WAIT_POLL_INTERVAL};
 use crate::config::CacheConfig;
 use crate::model::RequestRecord;
+use crate::original::result_keys;
 use crate::queue::redis::{bounded, call};
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -42,8 +43,10 @@ const OUTAGE_POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// Pause between resubscription attempts grows up to this.
 const MAX_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(5);
 
-/// KEYS: record key. ARGV: record JSON, ttl ms, "1" if final, channel, id.
-/// Returns 1 when written, 0 when a final record was kept.
+/// KEYS: record key[, original meta key, original response key]. ARGV:
+/// record JSON, ttl ms, "1" if final, channel, id[, original meta JSON,
+/// original response JSON or ""]. Returns 1 when written, 0 when a final
+/// record was kept (the original's keys are then left as they are too).
 const PUT_LUA: &str = r#"
 local current = redis.call('GET', KEYS[1])
 if current then
@@ -54,7 +57,20 @@ if current then
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if KEYS[2] then
+  redis.call('SET', KEYS[2], ARGV[6], 'PX', ARGV[2])
+  if ARGV[7] ~= '' then redis.call('SET', KEYS[3], ARGV[7], 'PX', ARGV[2]) end
+end
 if ARGV[3] == '1' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+return 1
+"#;
+
+/// `create` with `cache.original_keys`: SET NX of our record, and the
+/// original's PENDING meta beside it. KEYS: record, meta. ARGV: record JSON,
+/// ttl ms, meta JSON.
+const CREATE_WITH_ORIGINAL_LUA: &str = r#"
+if not redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then return 0 end
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
 return 1
 "#;
 
@@ -77,6 +93,8 @@ pub struct RedisStore {
     key_prefix: String,
     commands: OnceCell<ConnectionManager>,
     put_script: Script,
+    /// Also write the original OpenHQM's `req:{id}:meta` / `resp:{id}`.
+    original_keys: bool,
     notifier: Arc<Notifier>,
     /// Clients for the subscription (same server, RESP3 for push messages).
     subscriber: Client,
@@ -151,7 +169,9 @@ impl Drop for Waiter {
 impl RedisStore {
     /// Build from `cache.*` settings. Validates the URL; does not connect.
     pub fn from_config(config: &CacheConfig) -> Result<RedisStore, StoreError> {
-        RedisStore::new(&config.redis_url, &config.key_prefix)
+        let mut store = RedisStore::new(&config.redis_url, &config.key_prefix)?;
+        store.original_keys = config.original_keys;
+        Ok(store)
     }
 
     /// A store using keys `<key_prefix>:result:<id>` and the notification
@@ -170,6 +190,7 @@ impl RedisStore {
             key_prefix: key_prefix.to_string(),
             commands: OnceCell::new(),
             put_script: Script::new(PUT_LUA),
+            original_keys: false,
             notifier: Arc::new(Notifier::default()),
             subscriber,
             listener: Mutex::new(None),
@@ -326,6 +347,14 @@ impl ResultStore for RedisStore {
                 .arg(is_final)
                 .arg(&channel)
                 .arg(&record.correlation_id);
+            if self.original_keys {
+                let id = &record.correlation_id;
+                invocation
+                    .key(result_keys::meta_key(id))
+                    .key(result_keys::response_key(id))
+                    .arg(result_keys::meta_json(record))
+                    .arg(result_keys::response_json(record).unwrap_or_default());
+            }
             async move { invocation.invoke_async(&mut con).await }
         })
         .await
@@ -342,6 +371,19 @@ impl ResultStore for RedisStore {
         let ttl_ms = ttl_millis(ttl);
         let con = self.commands().await?;
         let key = self.key(&record.correlation_id);
+        if self.original_keys {
+            let meta_key = result_keys::meta_key(&record.correlation_id);
+            let meta = result_keys::meta_json(record);
+            let script = Script::new(CREATE_WITH_ORIGINAL_LUA);
+            let written: i64 = call(&con, COMMAND_TIMEOUT, |mut con| {
+                let mut invocation = script.key(&key);
+                invocation.key(&meta_key).arg(&json).arg(ttl_ms).arg(&meta);
+                async move { invocation.invoke_async(&mut con).await }
+            })
+            .await
+            .map_err(unavailable)?;
+            return Ok(written == 1);
+        }
         // One round trip, no script: SET ... NX answers nil when the key exists.
         let set: Option<String> = call(&con, COMMAND_TIMEOUT, |mut con| {
             let mut set = redis::cmd("SET");
