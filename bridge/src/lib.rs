@@ -4,6 +4,7 @@
 mod admin;
 mod api;
 mod cli;
+mod cors;
 mod error;
 mod idempotency;
 mod metrics;
@@ -59,7 +60,8 @@ impl AppState {
 
 fn router(state: Arc<AppState>) -> Router {
     let metrics = state.metrics.clone();
-    Router::new()
+    let cors = cors::layer(&state.config.server.cors);
+    let app = Router::new()
         .merge(admin::routes(state.clone()))
         .route("/api/v1/submit", post(api::submit))
         .route("/api/v1/status/{id}", get(api::status))
@@ -75,7 +77,12 @@ fn router(state: Arc<AppState>) -> Router {
             metrics,
             metrics::track,
         ))
-        .with_state(state)
+        .with_state(state);
+    // Outermost: a preflight is answered before routing (which would 405).
+    match cors {
+        Some(layer) => app.layer(layer),
+        None => app,
+    }
 }
 
 const PROGRAM: &str = "openhqm-bridge";

@@ -19,11 +19,48 @@ pub enum Source {
     Api,
 }
 
+/// `metadata.priority`: a class name of ours (`low`, `normal`, `high`, or
+/// any label a processor or filter route uses) or the original's integer
+/// 0-9, kept as sent so processors and routing see what the client sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Priority {
+    Level(i64),
+    Class(String),
+}
+
+impl Priority {
+    /// The original's levels are 0-9; the bridge refuses others.
+    pub fn is_valid(&self) -> bool {
+        match self {
+            Priority::Level(n) => (0..=9).contains(n),
+            Priority::Class(c) => !c.is_empty(),
+        }
+    }
+
+    /// The class of a priority: integers map 0-3 `low`, 4-6 `normal`, 7-9
+    /// `high` (docs/migration.md); a class name is itself.
+    pub fn class(&self) -> &str {
+        match self {
+            Priority::Level(n) if *n <= 3 => "low",
+            Priority::Level(n) if *n <= 6 => "normal",
+            Priority::Level(_) => "high",
+            Priority::Class(c) => c,
+        }
+    }
+}
+
+impl From<&str> for Priority {
+    fn from(s: &str) -> Self {
+        Priority::Class(s.to_string())
+    }
+}
+
 /// The original's submit metadata, kept open for fields added later.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metadata {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub priority: Option<String>,
+    pub priority: Option<Priority>,
     /// Seconds the client is willing to wait for a result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<u64>,
@@ -217,6 +254,33 @@ mod tests {
         f.push(b'\n');
         f.extend_from_slice(body);
         f
+    }
+
+    #[test]
+    fn priority_takes_the_originals_integers_and_our_class_names() {
+        let m: Metadata = serde_json::from_str(r#"{"priority": 5}"#).unwrap();
+        let p = m.priority.clone().unwrap();
+        assert_eq!(
+            (p.clone(), p.class(), p.is_valid()),
+            (Priority::Level(5), "normal", true)
+        );
+        // Kept as sent on the queue: an integer stays an integer.
+        assert_eq!(serde_json::to_value(&m).unwrap()["priority"], 5);
+        for (n, class) in [
+            (0, "low"),
+            (3, "low"),
+            (4, "normal"),
+            (6, "normal"),
+            (7, "high"),
+            (9, "high"),
+        ] {
+            assert_eq!(Priority::Level(n).class(), class, "{n}");
+        }
+        assert!(!Priority::Level(42).is_valid() && !Priority::Level(-1).is_valid());
+        let m: Metadata = serde_json::from_str(r#"{"priority": "high"}"#).unwrap();
+        assert_eq!(m.priority.unwrap().class(), "high");
+        assert!(!Priority::Class(String::new()).is_valid());
+        assert!(serde_json::from_str::<Metadata>(r#"{"priority": 1.5}"#).is_err());
     }
 
     #[test]

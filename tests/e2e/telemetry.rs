@@ -93,7 +93,7 @@ fn assert_child(child: &Value, parent: &Value) {
 /// the receiver saw matched the OTLP schema.
 async fn assert_backend_parent_and_valid_exports(result: &Value, call: &Value, receiver: &str) {
     assert_eq!(
-        result["headers"]["x-received-traceparent"],
+        result["headers"]["X-Received-Traceparent"],
         format!("00-{INBOUND_TRACE}-{}-01", call["spanId"].as_str().unwrap()),
         "the app's parent span is the worker's call: {result}"
     );
