@@ -22,11 +22,36 @@ pub enum Source {
 /// `metadata.priority`: a class name of ours (`low`, `normal`, `high`, or
 /// any label a processor or filter route uses) or the original's integer
 /// 0-9, kept as sent so processors and routing see what the client sent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Priority {
     Level(i64),
     Class(String),
+}
+
+/// By hand, for an error that says what is expected (an untagged enum's
+/// "did not match any variant" does not).
+impl<'de> Deserialize<'de> for Priority {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Priority;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an integer 0-9 or a class name such as \"high\"")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Priority, E> {
+                Ok(Priority::Level(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Priority, E> {
+                // Out of range either way; the bridge refuses it.
+                Ok(Priority::Level(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Priority, E> {
+                Ok(Priority::Class(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl Priority {
@@ -280,7 +305,14 @@ mod tests {
         let m: Metadata = serde_json::from_str(r#"{"priority": "high"}"#).unwrap();
         assert_eq!(m.priority.unwrap().class(), "high");
         assert!(!Priority::Class(String::new()).is_valid());
-        assert!(serde_json::from_str::<Metadata>(r#"{"priority": 1.5}"#).is_err());
+        for bad in [r#"{"priority": 1.5}"#, r#"{"priority": true}"#] {
+            let e = serde_json::from_str::<Metadata>(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("an integer 0-9 or a class name"), "{e}");
+        }
+        let m: Metadata = serde_json::from_str(r#"{"priority": 18446744073709551615}"#).unwrap();
+        assert!(!m.priority.unwrap().is_valid());
     }
 
     #[test]
