@@ -98,6 +98,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_originals_allow_all_is_one_variable() {
+        let env = [(
+            "OPENHQM_SERVER__CORS__ALLOWED_ORIGINS".to_string(),
+            r#"["*"]"#.to_string(),
+        )];
+        let config = crate::config::Config::from_sources(None, &env).unwrap();
+        assert_eq!(config.server.cors.allowed_origins, ["*"]);
+        assert!(config.server.cors.enabled());
+        let bad = [(
+            "OPENHQM_SERVER__CORS__ALLOWED_ORIGINS".to_string(),
+            r#"["example.com"]"#.to_string(),
+        )];
+        let err = crate::config::Config::from_sources(None, &bad).unwrap_err();
+        assert_eq!(err.key, "server.cors.allowed_origins");
+    }
+
+    #[test]
     fn off_by_default_and_checked() {
         assert!(!CorsConfig::default().enabled());
         let ok = CorsConfig {
