@@ -752,6 +752,15 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     (code, Json(body)).into_response()
 }
 
+/// `GET /openapi.json`: the API's description, kept by hand beside the
+/// handlers (the test below checks it names every public route;
+/// tests/e2e/compat_api.rs runs openapi-spec-validator on what is served).
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+const OPENAPI: &str = include_str!("openapi.json");
+
 /// `GET /health/live`: the process answers.
 pub async fn live() -> Response {
     Json(json!({"status": "alive"})).into_response()
@@ -797,6 +806,28 @@ mod tests {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_openapi_description_names_every_public_route() {
+        let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+        for (path, method) in [
+            ("/api/v1/submit", "post"),
+            ("/api/v1/status/{correlation_id}", "get"),
+            ("/api/v1/response/{correlation_id}", "get"),
+            ("/health", "get"),
+            ("/health/ready", "get"),
+            ("/health/live", "get"),
+            ("/metrics", "get"),
+            ("/openapi.json", "get"),
+        ] {
+            assert!(doc["paths"][path][method].is_object(), "{method} {path}");
+        }
+        let priority = &doc["components"]["schemas"]["RequestMetadata"]["properties"]["priority"];
+        assert_eq!(priority["oneOf"][0]["maximum"], 9);
+        assert!(doc["paths"]["/api/v1/submit"]["post"]["responses"]["422"].is_object());
     }
 
     #[test]

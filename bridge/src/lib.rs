@@ -71,6 +71,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/health/ready", get(api::health))
         .route("/health/live", get(api::live))
         .route("/metrics", get(api::metrics))
+        .route("/openapi.json", get(api::openapi))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

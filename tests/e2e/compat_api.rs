@@ -521,6 +521,41 @@ async fn submit_validation_and_lookups_as_the_original() {
         .unwrap();
     t.same(r.status().as_u16() == 405, "PUT 405");
 
+    // The original served /openapi.json (FastAPI); ours is checked with
+    // openapi-spec-validator where it is installed.
+    let r = c.get(format!("{base}/openapi.json")).send().await.unwrap();
+    t.extra(r.status().as_u16() == 200, "openapi.json served");
+    let text = r.text().await.unwrap();
+    let doc: Value = serde_json::from_str(&text).expect("openapi.json is JSON");
+    t.extra(
+        doc["paths"]["/api/v1/submit"]["post"].is_object(),
+        "submit described",
+    );
+    let have_validator = std::process::Command::new("python3")
+        .args(["-c", "import openapi_spec_validator"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if have_validator {
+        let file = stack.dir.join("openapi.json");
+        std::fs::write(&file, &text).unwrap();
+        let out = std::process::Command::new("python3")
+            .args(["-m", "openapi_spec_validator"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        t.extra(
+            out.status.success(),
+            &format!(
+                "openapi-spec-validator: {}",
+                String::from_utf8_lossy(&out.stdout)
+            ),
+        );
+    } else {
+        eprintln!(
+            "SKIPPED: openapi-spec-validator is not installed (pip install openapi-spec-validator)"
+        );
+    }
+
     // test_invalid_correlation_id_format
     let (code, _) = get(format!("{base}/api/v1/status/invalid format with spaces")).await;
     t.same([400, 404].contains(&code), "spaces id 400/404");
