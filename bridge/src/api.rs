@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use openhqm_core::config::CallbacksConfig;
 use openhqm_core::envelope::{
-    parse_capture_frame, CaptureMeta, Envelope, HttpRequest, Metadata, Source,
+    parse_capture_frame, CaptureMeta, Envelope, HttpRequest, Metadata, Priority, Source,
     CAPTURE_CONTENT_TYPE, ENVELOPE_VERSION, FINAL_RESULT_HEADER,
 };
 use openhqm_core::model::{is_valid_correlation_id, result_json, RequestRecord, Status};
@@ -86,38 +86,13 @@ pub async fn submit(
             ));
         }
     }
-    let parsed: SubmitRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_json",
-            format!("request body is not valid JSON for a submission: {e}"),
-        )
-    })?;
-    let payload = parsed
-        .payload
-        .ok_or_else(|| ApiError::bad_request("invalid_request", "`payload` is required"))?;
-    let metadata = parsed.metadata.unwrap_or_default();
-    if let Some(name) = &metadata.endpoint {
-        if state.config.proxy.enabled && !state.config.proxy.endpoints.contains_key(name) {
-            return Err(ApiError::bad_request(
-                "unknown_endpoint",
-                format!("`metadata.endpoint` names `{name}`, which is not configured"),
-            ));
-        }
-    }
-    if let Some(m) = &metadata.method {
-        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
-            return Err(ApiError::bad_request(
-                "invalid_request",
-                "`metadata.method` is not an HTTP method",
-            ));
-        }
-    }
+    let (payload, metadata, client_headers) = validate_submission(&state, &body)?;
     check_callback(&state.config.callbacks, &metadata)?;
     let partition_key = match metadata.extra.get("partition_key") {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(k)) if !k.is_empty() && k.len() <= 256 => Some(k.clone()),
         Some(_) => {
-            return Err(ApiError::bad_request(
+            return Err(invalid(
                 "invalid_request",
                 "`metadata.partition_key` must be a string of 1 to 256 bytes",
             ))
@@ -139,7 +114,7 @@ pub async fn submit(
         // Set to the publish span's context in `accept`.
         traceparent: None,
         payload: Some(payload),
-        headers: parsed.headers.unwrap_or_default(),
+        headers: client_headers,
         request: None,
         // Same-key messages are delivered in order (see docs/architecture.md).
         partition_key,
@@ -157,6 +132,69 @@ pub async fn submit(
     .await;
     record_status(&mut trace, &answer);
     answer
+}
+
+/// A submission that parsed (or not) but breaks the model: 422, as the
+/// original (FastAPI) answers validation errors; our body and codes.
+fn invalid(code: &'static str, detail: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
+}
+
+/// The submission's parts, checked against the original's model limits
+/// (`payload` an object, `priority` 0-9 or a class name, `timeout` > 0) and
+/// our own (a configured endpoint, an HTTP method token).
+fn validate_submission(
+    state: &AppState,
+    body: &[u8],
+) -> Result<(Value, Metadata, BTreeMap<String, String>), ApiError> {
+    let parsed: SubmitRequest = serde_json::from_slice(body).map_err(|e| {
+        invalid(
+            "invalid_json",
+            format!("request body is not valid JSON for a submission: {e}"),
+        )
+    })?;
+    let payload = match parsed.payload {
+        None | Some(Value::Null) => {
+            return Err(invalid("invalid_request", "`payload` is required"))
+        }
+        Some(p @ Value::Object(_)) => p,
+        Some(_) => {
+            return Err(invalid(
+                "invalid_request",
+                "`payload` must be a JSON object",
+            ))
+        }
+    };
+    let metadata = parsed.metadata.unwrap_or_default();
+    if metadata.priority.as_ref().is_some_and(|p| !p.is_valid()) {
+        return Err(invalid(
+            "invalid_request",
+            "`metadata.priority` must be an integer 0-9 or a class name such as \"high\"",
+        ));
+    }
+    if metadata.timeout == Some(0) {
+        return Err(invalid(
+            "invalid_request",
+            "`metadata.timeout` must be a number of seconds greater than 0",
+        ));
+    }
+    if let Some(name) = &metadata.endpoint {
+        if state.config.proxy.enabled && !state.config.proxy.endpoints.contains_key(name) {
+            return Err(invalid(
+                "unknown_endpoint",
+                format!("`metadata.endpoint` names `{name}`, which is not configured"),
+            ));
+        }
+    }
+    if let Some(m) = &metadata.method {
+        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return Err(invalid(
+                "invalid_request",
+                "`metadata.method` is not an HTTP method",
+            ));
+        }
+    }
+    Ok((payload, metadata, parsed.headers.unwrap_or_default()))
 }
 
 /// The answer's status on the request's span.
@@ -177,7 +215,7 @@ fn check_callback(cfg: &CallbacksConfig, metadata: &Metadata) -> Result<(), ApiE
     let Some(url) = metadata.extra.get("callback_url") else {
         return Ok(());
     };
-    let refuse = |detail: String| ApiError::bad_request("callback_not_allowed", detail);
+    let refuse = |detail: String| invalid("callback_not_allowed", detail);
     let url = url
         .as_str()
         .ok_or_else(|| refuse("`metadata.callback_url` must be a string (a URL)".into()))?;
@@ -257,7 +295,7 @@ async fn capture_parsed(
         source: Source::Filter,
         metadata: Metadata {
             endpoint: meta.endpoint.clone(),
-            priority: meta.priority.clone(),
+            priority: meta.priority.as_deref().map(Priority::from),
             ..Metadata::default()
         },
         // Set to the publish span's context in `accept`.
@@ -602,15 +640,18 @@ fn with_headers(mut resp: Response, headers: &[(&'static str, String)]) -> Respo
     resp
 }
 
+/// The original's 404 detail, so its clients' checks keep matching.
+const NOT_FOUND_DETAIL: &str = "Request not found or expired";
+
 async fn lookup(state: &AppState, id: &str) -> Result<RequestRecord, ApiError> {
+    // Our IDs are UUIDs: anything else cannot name a request. 404 like the
+    // original (which looked any string up), without asking the store.
     if !is_valid_correlation_id(id) {
-        return Err(ApiError::invalid_id());
+        return Err(ApiError::not_found(NOT_FOUND_DETAIL));
     }
     match state.store.get(id).await {
         Ok(Some(r)) => Ok(r),
-        Ok(None) => Err(ApiError::not_found(
-            "no request with this correlation ID (unknown or expired)",
-        )),
+        Ok(None) => Err(ApiError::not_found(NOT_FOUND_DETAIL)),
         Err(e) => {
             tracing::error!(correlation_id = %id, error = %e, "result store read failed");
             Err(ApiError::unavailable(
@@ -656,11 +697,7 @@ pub async fn response(
         if !record.status.is_final() {
             match state.store.wait_final(&id, Duration::from_secs(wait)).await {
                 Ok(Some(r)) => record = r,
-                Ok(None) => {
-                    return Err(ApiError::not_found(
-                        "no request with this correlation ID (unknown or expired)",
-                    ))
-                }
+                Ok(None) => return Err(ApiError::not_found(NOT_FOUND_DETAIL)),
                 Err(e) => {
                     tracing::warn!(correlation_id = %id, error = %e, "waiting for the result failed")
                 }
@@ -673,7 +710,8 @@ pub async fn response(
             state.config.server.retry_after_seconds.to_string(),
         ));
         extra.push(("location", format!("/api/v1/response/{id}")));
-        let resp = (StatusCode::ACCEPTED, Json(status_body(&record))).into_response();
+        // The original's pending shape: the ResultResponse keys, result null.
+        let resp = (StatusCode::ACCEPTED, Json(result_json(&record))).into_response();
         return Ok(with_headers(resp, &extra));
     }
     Ok(with_headers(
@@ -682,7 +720,10 @@ pub async fn response(
     ))
 }
 
-/// `GET /health` and `/health/ready`: healthy only when queue and store answer.
+/// `GET /health` and `/health/ready`: healthy only when queue and store
+/// answer, else 503 (so probes and balancers act on it). The components
+/// carry the original's names and words (`api`, `queue`, `cache`:
+/// `healthy`/`unhealthy`) and ours (`result_store`, the same as `cache`).
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     let queue_ok = state.requests.ping().await.is_ok();
     let store_ok = state
@@ -691,13 +732,16 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
         .await
         .is_ok();
     let healthy = queue_ok && store_ok;
+    let word = |ok: bool| if ok { "healthy" } else { "unhealthy" };
     let body = json!({
-        "status": if healthy { "healthy" } else { "unhealthy" },
+        "status": word(healthy),
         "version": env!("CARGO_PKG_VERSION"),
         "timestamp": now_rfc3339(),
         "components": {
-            "queue": if queue_ok { "ok" } else { "unavailable" },
-            "result_store": if store_ok { "ok" } else { "unavailable" },
+            "api": "healthy",
+            "queue": word(queue_ok),
+            "cache": word(store_ok),
+            "result_store": word(store_ok),
         },
     });
     let code = if healthy {
@@ -707,6 +751,15 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     };
     (code, Json(body)).into_response()
 }
+
+/// `GET /openapi.json`: the API's description, kept by hand beside the
+/// handlers (the test below checks it names every public route;
+/// tests/e2e/compat_api.rs runs openapi-spec-validator on what is served).
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+const OPENAPI: &str = include_str!("openapi.json");
 
 /// `GET /health/live`: the process answers.
 pub async fn live() -> Response {
@@ -756,6 +809,28 @@ mod tests {
     }
 
     #[test]
+    fn the_openapi_description_names_every_public_route() {
+        let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+        for (path, method) in [
+            ("/api/v1/submit", "post"),
+            ("/api/v1/status/{correlation_id}", "get"),
+            ("/api/v1/response/{correlation_id}", "get"),
+            ("/health", "get"),
+            ("/health/ready", "get"),
+            ("/health/live", "get"),
+            ("/metrics", "get"),
+            ("/openapi.json", "get"),
+        ] {
+            assert!(doc["paths"][path][method].is_object(), "{method} {path}");
+        }
+        let priority = &doc["components"]["schemas"]["RequestMetadata"]["properties"]["priority"];
+        assert_eq!(priority["oneOf"][0]["maximum"], 9);
+        assert!(doc["paths"]["/api/v1/submit"]["post"]["responses"]["422"].is_object());
+    }
+
+    #[test]
     fn callback_urls_are_checked_on_submit() {
         let on = CallbacksConfig {
             allowed_hosts: vec!["hooks.example.com".into()],
@@ -779,7 +854,7 @@ mod tests {
             (&off, json!("https://hooks.example.com/cb"), "disabled"),
         ] {
             let err = check_callback(cfg, &metadata(Some(url.clone()))).unwrap_err();
-            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{url}");
+            assert_eq!(err.status, StatusCode::UNPROCESSABLE_ENTITY, "{url}");
             assert_eq!(err.code, "callback_not_allowed", "{url}");
             assert!(err.detail.contains(detail), "{url}: {}", err.detail);
         }

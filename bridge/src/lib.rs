@@ -4,6 +4,7 @@
 mod admin;
 mod api;
 mod cli;
+mod cors;
 mod error;
 mod idempotency;
 mod metrics;
@@ -59,7 +60,8 @@ impl AppState {
 
 fn router(state: Arc<AppState>) -> Router {
     let metrics = state.metrics.clone();
-    Router::new()
+    let cors = cors::layer(&state.config.server.cors);
+    let app = Router::new()
         .merge(admin::routes(state.clone()))
         .route("/api/v1/submit", post(api::submit))
         .route("/api/v1/status/{id}", get(api::status))
@@ -69,13 +71,19 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/health/ready", get(api::health))
         .route("/health/live", get(api::live))
         .route("/metrics", get(api::metrics))
+        .route("/openapi.json", get(api::openapi))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             metrics,
             metrics::track,
         ))
-        .with_state(state)
+        .with_state(state);
+    // Outermost: a preflight is answered before routing (which would 405).
+    match cors {
+        Some(layer) => app.layer(layer),
+        None => app,
+    }
 }
 
 const PROGRAM: &str = "openhqm-bridge";

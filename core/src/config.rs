@@ -75,6 +75,8 @@ pub struct ServerConfig {
     pub workers: Option<u32>,
     /// Accepted for compatibility with the original's manifests; unused.
     pub reload: Option<bool>,
+    /// Browser origins allowed to call the API (off by default).
+    pub cors: crate::cors::CorsConfig,
 }
 
 impl Default for ServerConfig {
@@ -88,6 +90,7 @@ impl Default for ServerConfig {
             admin_token: None,
             workers: None,
             reload: None,
+            cors: crate::cors::CorsConfig::default(),
         }
     }
 }
@@ -830,6 +833,7 @@ impl Config {
                 "must not be empty (leave it unset to turn the admin API off)",
             ));
         }
+        self.server.cors.validate()?;
         if self.server.max_body_bytes == 0 {
             return Err(ConfigError::new(
                 "server.max_body_bytes",

@@ -19,11 +19,73 @@ pub enum Source {
     Api,
 }
 
+/// `metadata.priority`: a class name of ours (`low`, `normal`, `high`, or
+/// any label a processor or filter route uses) or the original's integer
+/// 0-9, kept as sent so processors and routing see what the client sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Priority {
+    Level(i64),
+    Class(String),
+}
+
+/// By hand, for an error that says what is expected (an untagged enum's
+/// "did not match any variant" does not).
+impl<'de> Deserialize<'de> for Priority {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Priority;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an integer 0-9 or a class name such as \"high\"")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Priority, E> {
+                Ok(Priority::Level(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Priority, E> {
+                // Out of range either way; the bridge refuses it.
+                Ok(Priority::Level(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Priority, E> {
+                Ok(Priority::Class(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Priority {
+    /// The original's levels are 0-9; the bridge refuses others.
+    pub fn is_valid(&self) -> bool {
+        match self {
+            Priority::Level(n) => (0..=9).contains(n),
+            Priority::Class(c) => !c.is_empty(),
+        }
+    }
+
+    /// The class of a priority: integers map 0-3 `low`, 4-6 `normal`, 7-9
+    /// `high` (docs/migration.md); a class name is itself.
+    pub fn class(&self) -> &str {
+        match self {
+            Priority::Level(n) if *n <= 3 => "low",
+            Priority::Level(n) if *n <= 6 => "normal",
+            Priority::Level(_) => "high",
+            Priority::Class(c) => c,
+        }
+    }
+}
+
+impl From<&str> for Priority {
+    fn from(s: &str) -> Self {
+        Priority::Class(s.to_string())
+    }
+}
+
 /// The original's submit metadata, kept open for fields added later.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metadata {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub priority: Option<String>,
+    pub priority: Option<Priority>,
     /// Seconds the client is willing to wait for a result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<u64>,
@@ -217,6 +279,40 @@ mod tests {
         f.push(b'\n');
         f.extend_from_slice(body);
         f
+    }
+
+    #[test]
+    fn priority_takes_the_originals_integers_and_our_class_names() {
+        let m: Metadata = serde_json::from_str(r#"{"priority": 5}"#).unwrap();
+        let p = m.priority.clone().unwrap();
+        assert_eq!(
+            (p.clone(), p.class(), p.is_valid()),
+            (Priority::Level(5), "normal", true)
+        );
+        // Kept as sent on the queue: an integer stays an integer.
+        assert_eq!(serde_json::to_value(&m).unwrap()["priority"], 5);
+        for (n, class) in [
+            (0, "low"),
+            (3, "low"),
+            (4, "normal"),
+            (6, "normal"),
+            (7, "high"),
+            (9, "high"),
+        ] {
+            assert_eq!(Priority::Level(n).class(), class, "{n}");
+        }
+        assert!(!Priority::Level(42).is_valid() && !Priority::Level(-1).is_valid());
+        let m: Metadata = serde_json::from_str(r#"{"priority": "high"}"#).unwrap();
+        assert_eq!(m.priority.unwrap().class(), "high");
+        assert!(!Priority::Class(String::new()).is_valid());
+        for bad in [r#"{"priority": 1.5}"#, r#"{"priority": true}"#] {
+            let e = serde_json::from_str::<Metadata>(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("an integer 0-9 or a class name"), "{e}");
+        }
+        let m: Metadata = serde_json::from_str(r#"{"priority": 18446744073709551615}"#).unwrap();
+        assert!(!m.priority.unwrap().is_valid());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod cors;
 pub mod dlq;
 pub mod envelope;
 pub mod metrics;

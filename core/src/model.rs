@@ -142,41 +142,45 @@ impl RequestRecord {
     }
 }
 
-/// The final answer as the original's ResultResponse, extended: `result` is
-/// the backend's body as JSON when it is JSON, else as text (or base64, with
-/// `result_encoding`).
+/// A request's answer in the original's ResultResponse shape: all eight of
+/// its keys, null when unknown, plus ours (`submitted_at`, `updated_at`,
+/// `attempts`, and `result_encoding` for a base64 body). While the request
+/// is not final, `result`, `headers` and `status_code` are null (an earlier
+/// attempt's answer is not the result); `error` says why it is retrying.
 pub fn result_json(r: &RequestRecord) -> serde_json::Value {
     let mut body = serde_json::json!({
         "correlation_id": r.correlation_id,
         "status": r.status,
-        "submitted_at": r.submitted_at,
-        "completed_at": r.completed_at,
+        "result": null,
+        "headers": null,
+        "status_code": null,
+        "error": r.error,
         "processing_time_ms": r.processing_time_ms,
+        "completed_at": r.completed_at,
+        "submitted_at": r.submitted_at,
+        "updated_at": r.updated_at,
         "attempts": r.attempts,
     });
-    if let Some(resp) = &r.response {
+    if let Some(resp) = r.response.as_ref().filter(|_| r.status.is_final()) {
         body["status_code"] = serde_json::json!(resp.status_code);
         body["headers"] = headers_object(resp);
-        match result_value(resp) {
-            (v, Some(enc)) => {
-                body["result"] = v;
-                body["result_encoding"] = serde_json::json!(enc);
-            }
-            (v, None) => body["result"] = v,
+        let (v, enc) = result_value(resp);
+        body["result"] = v;
+        if let Some(enc) = enc {
+            body["result_encoding"] = serde_json::json!(enc);
         }
-    } else {
-        body["result"] = serde_json::Value::Null;
-    }
-    if let Some(err) = &r.error {
-        body["error"] = serde_json::json!(err);
     }
     body
 }
 
+/// Header names in their canonical case (`Content-Type`, `X-Request-Id`),
+/// as the original's clients read them from aiohttp; HTTP/1 and HTTP/2
+/// reach us lowercased, so the backend's exact spelling is not known.
+/// Repeated headers are joined with ", ".
 fn headers_object(resp: &StoredResponse) -> serde_json::Value {
     let mut map = serde_json::Map::new();
     for (k, v) in &resp.headers {
-        let key = k.to_ascii_lowercase();
+        let key = canonical_header_name(k);
         match map.get_mut(&key) {
             Some(serde_json::Value::String(existing)) => {
                 existing.push_str(", ");
@@ -190,17 +194,47 @@ fn headers_object(resp: &StoredResponse) -> serde_json::Value {
     serde_json::Value::Object(map)
 }
 
+/// `x-served-by` → `X-Served-By`.
+pub fn canonical_header_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = true;
+    for c in name.chars() {
+        out.push(if upper {
+            c.to_ascii_uppercase()
+        } else {
+            c.to_ascii_lowercase()
+        });
+        upper = c == '-';
+    }
+    out
+}
+
+/// The body as the original gave it: the JSON value for a JSON content
+/// type, else `{"response": text, "content_type": ct}`. A binary body
+/// stays base64 text (with `result_encoding`), an empty JSON answer null.
 fn result_value(resp: &StoredResponse) -> (serde_json::Value, Option<&'static str>) {
     if resp.body_encoding.is_some() {
         return (serde_json::json!(resp.body), Some("base64"));
     }
-    if resp.body.is_empty() {
-        return (serde_json::Value::Null, None);
+    let content_type = resp.header("content-type").unwrap_or("");
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime == "application/json" || mime.ends_with("+json") {
+        if resp.body.is_empty() {
+            return (serde_json::Value::Null, None);
+        }
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&resp.body) {
+            return (v, None);
+        }
     }
-    match serde_json::from_str::<serde_json::Value>(&resp.body) {
-        Ok(v) => (v, None),
-        Err(_) => (serde_json::json!(resp.body), None),
-    }
+    (
+        serde_json::json!({"response": resp.body, "content_type": content_type}),
+        None,
+    )
 }
 
 /// Correlation IDs are UUIDs; anything else is a client error, not a lookup.
@@ -231,6 +265,91 @@ mod tests {
         );
         assert!(Status::Completed.is_final() && Status::Timeout.is_final());
         assert!(!Status::Pending.is_final());
+    }
+
+    fn completed(headers: &[(&str, &str)], body: &[u8]) -> RequestRecord {
+        let mut r = RequestRecord::pending("67e55044-10b1-426f-9247-bb680e5fe0c8", "t0");
+        r.status = Status::Completed;
+        r.response = Some(StoredResponse::new(
+            200,
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body,
+        ));
+        r
+    }
+
+    #[test]
+    fn results_take_the_originals_shapes() {
+        let json = result_json(&completed(
+            &[
+                ("content-type", "application/json"),
+                ("x-backend-header", "a"),
+                ("X-Backend-Header", "b"),
+            ],
+            br#"{"output":"success"}"#,
+        ));
+        assert_eq!(json["result"], serde_json::json!({"output": "success"}));
+        assert_eq!(json["headers"]["Content-Type"], "application/json");
+        assert_eq!(json["headers"]["X-Backend-Header"], "a, b");
+        assert!(json["error"].is_null() && json.get("error").is_some());
+        // Text, and JSON-looking text under a text type, as the original wrapped them.
+        for body in ["plain text answer", "{\"a\":1}"] {
+            let json = result_json(&completed(
+                &[("content-type", "text/plain")],
+                body.as_bytes(),
+            ));
+            assert_eq!(
+                json["result"],
+                serde_json::json!({"response": body, "content_type": "text/plain"})
+            );
+        }
+        let json = result_json(&completed(&[], b"no type"));
+        assert_eq!(json["result"]["content_type"], "");
+        // Binary stays base64.
+        let json = result_json(&completed(&[("content-type", "image/png")], &[0xff, 0xfe]));
+        assert_eq!(
+            (json["result"].as_str(), json["result_encoding"].as_str()),
+            (Some("//4="), Some("base64"))
+        );
+        assert!(
+            result_json(&completed(&[("content-type", "application/json")], b""))["result"]
+                .is_null()
+        );
+    }
+
+    #[test]
+    fn a_pending_answer_has_every_key_and_no_earlier_result() {
+        let mut r = completed(&[("content-type", "application/json")], b"{}");
+        r.status = Status::Pending;
+        r.error = Some("backend answered HTTP 500".into());
+        let json = result_json(&r);
+        for key in [
+            "correlation_id",
+            "status",
+            "result",
+            "headers",
+            "status_code",
+            "error",
+            "processing_time_ms",
+            "completed_at",
+        ] {
+            assert!(json.get(key).is_some(), "{key}: {json}");
+        }
+        assert!(
+            json["result"].is_null() && json["status_code"].is_null(),
+            "{json}"
+        );
+        assert_eq!(json["status"], "PENDING");
+    }
+
+    #[test]
+    fn canonical_header_names() {
+        assert_eq!(canonical_header_name("x-served-by"), "X-Served-By");
+        assert_eq!(canonical_header_name("CONTENT-TYPE"), "Content-Type");
+        assert_eq!(canonical_header_name("etag"), "Etag");
     }
 
     #[test]

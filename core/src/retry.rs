@@ -194,6 +194,19 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_retry_list_is_the_originals_any_answer_completes() {
+        let env = [(
+            "OPENHQM_WORKER__RETRY_ON_STATUS".to_string(),
+            "[]".to_string(),
+        )];
+        let config = crate::config::Config::from_sources(None, &env).unwrap();
+        let p = RetryPolicy::from_config(&config.worker).unwrap();
+        for s in [408, 429, 500, 503, 599] {
+            assert!(!p.retries_status(s), "{s}");
+        }
+    }
+
+    #[test]
     fn attempts() {
         let p = policy(); // max_retries 3 -> 4 attempts
         assert!(p.has_attempts_left(1) && p.has_attempts_left(3));

@@ -675,7 +675,7 @@ async fn completion_callback_is_signed_per_standard_webhooks() {
         .send()
         .await
         .expect("submit");
-    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(r.status().as_u16(), 422);
     let body: Value = r.json().await.expect("JSON");
     assert_eq!(body["error"], "callback_not_allowed");
 

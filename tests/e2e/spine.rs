@@ -69,9 +69,9 @@ async fn captured_post_completes_through_the_queue_and_other_routes_pass_through
     assert_eq!(result["result"]["status"], "created");
     assert_eq!(result["result"]["order"], json!({"item": "book", "qty": 2}));
     assert!(result["result"]["id"].as_str().unwrap().starts_with("ord-"));
-    assert_eq!(result["headers"]["x-served-by"], "openhqm-sample-app");
+    assert_eq!(result["headers"]["X-Served-By"], "openhqm-sample-app");
     assert_eq!(
-        result["headers"]["x-received-traceparent"], TRACEPARENT,
+        result["headers"]["X-Received-Traceparent"], TRACEPARENT,
         "trace context crosses the queue"
     );
     assert!(
@@ -408,10 +408,11 @@ async fn bad_input_gets_clear_json_errors() {
             .header("content-type", "application/json")
             .body(body)
     };
-    expect(400, "invalid_json")(
+    // Validation errors are 422, as the original answers them.
+    expect(422, "invalid_json")(
         call(json_post(format!("{bridge}/api/v1/submit"), "{not json")).await,
     );
-    expect(400, "invalid_request")(
+    expect(422, "invalid_request")(
         call(json_post(
             format!("{bridge}/api/v1/submit"),
             r#"{"headers": {}}"#,
@@ -433,7 +434,7 @@ async fn bad_input_gets_clear_json_errors() {
         )
         .await,
     );
-    expect(400, "unknown_endpoint")(
+    expect(422, "unknown_endpoint")(
         call(
             c.post(format!("{bridge}/api/v1/submit"))
                 .json(&json!({"payload": {}, "metadata": {"endpoint": "elsewhere"}})),
@@ -445,12 +446,9 @@ async fn bad_input_gets_clear_json_errors() {
     for base in [bridge.clone(), stack.envoy_url()] {
         expect(404, "not_found")(call(c.get(format!("{base}/api/v1/status/{unknown}"))).await);
         expect(404, "not_found")(call(c.get(format!("{base}/api/v1/response/{unknown}"))).await);
-        expect(400, "invalid_correlation_id")(
-            call(c.get(format!("{base}/api/v1/status/not-a-uuid"))).await,
-        );
-        expect(400, "invalid_correlation_id")(
-            call(c.get(format!("{base}/api/v1/response/1234"))).await,
-        );
+        // Not a UUID: no such request, 404 as the original.
+        expect(404, "not_found")(call(c.get(format!("{base}/api/v1/status/not-a-uuid"))).await);
+        expect(404, "not_found")(call(c.get(format!("{base}/api/v1/response/1234"))).await);
     }
     expect(404, "not_found")(call(c.get(format!("{bridge}/no/such/route"))).await);
     expect(405, "method_not_allowed")(call(c.delete(format!("{bridge}/api/v1/submit"))).await);
@@ -683,7 +681,7 @@ async fn prefer_wait_returns_the_result_or_falls_back_to_202() {
     assert_eq!(body["status"], "COMPLETED", "{body}");
     assert_eq!(body["result"]["order"], json!({"item": "pen"}));
     assert_eq!(
-        body["headers"]["x-received-traceparent"], TRACEPARENT,
+        body["headers"]["X-Received-Traceparent"], TRACEPARENT,
         "submit API carries trace context too"
     );
 

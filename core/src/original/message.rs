@@ -88,9 +88,9 @@ fn to_envelope(mut m: Map<String, Value>) -> Result<Envelope, String> {
     })
 }
 
-/// The original's `RequestMetadata.model_dump()`: `priority` is an integer
-/// 0-9 and unset fields are `null`; `retry_count` and anything else stay in
-/// `extra`.
+/// The original's `RequestMetadata.model_dump()`: unset fields are `null`
+/// (our metadata takes its integer `priority` as it is); `retry_count` and
+/// anything else stay in `extra`.
 fn metadata(raw: Option<Value>) -> Result<Metadata, String> {
     let mut m = match raw {
         None | Some(Value::Null) => return Ok(Metadata::default()),
@@ -102,10 +102,6 @@ fn metadata(raw: Option<Value>) -> Result<Metadata, String> {
         }
     };
     m.retain(|_, v| !v.is_null());
-    if let Some(Value::Number(n)) = m.get("priority") {
-        let text = n.to_string();
-        m.insert("priority".into(), Value::String(text));
-    }
     serde_json::from_value(Value::Object(m)).map_err(|e| format!("original message: metadata: {e}"))
 }
 
@@ -174,7 +170,7 @@ mod tests {
         assert_eq!(env.submitted_at, "2026-02-07T10:30:00.123Z");
         assert_eq!(env.payload.unwrap()["data"], "Hello World");
         assert_eq!(env.headers["Authorization"], "Bearer token123");
-        assert_eq!(env.metadata.priority.as_deref(), Some("5"));
+        assert_eq!(serde_json::to_value(&env.metadata).unwrap()["priority"], 5);
         assert_eq!(env.metadata.timeout, Some(300));
         assert_eq!(env.metadata.endpoint.as_deref(), Some("api-service"));
         assert_eq!(env.metadata.method, None);
