@@ -40,7 +40,8 @@ struct SubmitRequest {
     metadata: Option<Metadata>,
 }
 
-/// Read the whole body, refusing more than `limit` bytes with a 413.
+/// Read the whole body, refusing more than `limit` bytes with a 413 (a
+/// malformed or stalled body is a 400 or 408, see `ApiError::body_failed`).
 async fn read_body(req: Request, limit: usize) -> Result<(HeaderMap, axum::body::Bytes), ApiError> {
     let (parts, body) = req.into_parts();
     let declared = parts
@@ -53,7 +54,7 @@ async fn read_body(req: Request, limit: usize) -> Result<(HeaderMap, axum::body:
     }
     let bytes = axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| ApiError::too_large(limit))?;
+        .map_err(|e| ApiError::body_failed(&e, limit))?;
     Ok((parts.headers, bytes))
 }
 

@@ -11,6 +11,7 @@ pub mod model;
 pub mod queue;
 pub mod registry;
 pub mod retry;
+pub mod server;
 pub mod shutdown;
 pub mod startup;
 pub mod store;
