@@ -93,6 +93,11 @@ pub async fn submit(
             format!("request body is not valid JSON for a submission: {e}"),
         )
     })?;
+    if let Some(h) = &parsed.headers {
+        // Refused here, not dead-lettered by the worker later.
+        openhqm_core::headers::check_headers(h)
+            .map_err(|detail| ApiError::bad_request("invalid_header", detail))?;
+    }
     let payload = parsed
         .payload
         .ok_or_else(|| ApiError::bad_request("invalid_request", "`payload` is required"))?;

@@ -6,6 +6,7 @@ pub mod config;
 pub mod conformance;
 pub mod dlq;
 pub mod envelope;
+pub mod headers;
 pub mod metrics;
 pub mod model;
 pub mod queue;

@@ -284,7 +284,7 @@ async fn connections_over_the_cap_are_refused_and_service_resumes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_answer_is_json_and_bad_bodies_are_4xx() {
+async fn every_answer_is_json_and_bad_bodies_and_headers_are_4xx() {
     let stack = hardened_bridge("answers", &[]).await;
     let port = stack.bridge_port;
     let get = |target: String| async move {
@@ -348,4 +348,29 @@ async fn every_answer_is_json_and_bad_bodies_are_4xx() {
         413,
         "payload_too_large",
     );
+
+    // Header values with CR, LF or NUL are refused at submit, naming them.
+    let c = client();
+    for value in ["a\r\nX-Injected: 1", "a\nb", "a\u{0}b"] {
+        let r = c
+            .post(format!("{}/api/v1/submit", stack.bridge_url()))
+            .json(&json!({"payload": {}, "headers": {"X-Tenant": value}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{value:?}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_header", "{body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains("`X-Tenant`"),
+            "{body}"
+        );
+    }
+    let r = c
+        .post(format!("{}/api/v1/submit", stack.bridge_url()))
+        .json(&json!({"payload": {}, "headers": {"X-Tenant": "acme\tcorp"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202, "a tab is a legal header value");
 }
