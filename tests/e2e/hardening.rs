@@ -79,6 +79,8 @@ async fn three_workers_with_default_admin_ports_share_one_host_and_all_consume()
     // Small bites and a slow backend: no worker can take all the work.
     stack.set("OPENHQM_WORKER__CONCURRENCY", "2");
     stack.set("OPENHQM_WORKER__BATCH_SIZE", "1");
+    // The worker's admin listener is served like the bridge's.
+    stack.set("OPENHQM_SERVER__HEADER_READ_TIMEOUT_SECONDS", "1");
     stack.start_app(100).await;
     stack.start_bridge().await;
     // Like `start_worker`, but leaving `worker.admin_port` at its default.
@@ -148,6 +150,20 @@ async fn three_workers_with_default_admin_ports_share_one_host_and_all_consume()
         "per worker: {per_worker:?}"
     );
     assert_eq!(per_worker.iter().sum::<u64>(), N as u64, "{per_worker:?}");
+
+    // The admin listener (on its fallback port) closes a silent connection
+    // and answers unknown paths in JSON like the bridge.
+    let mut silent = TcpStream::connect(addrs[2].as_str()).await.unwrap();
+    let t = closed_after(&mut silent).await;
+    assert!(t < Duration::from_millis(2500), "closed after {t:?}");
+    let r = c
+        .get(format!("http://{}/nope", addrs[2]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let body: Value = r.json().await.expect("JSON");
+    assert_eq!(body["error"], "not_found");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -183,6 +183,7 @@ pub async fn serve(
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);
     tokio::spawn(server::serve(
         listener,
@@ -211,6 +212,14 @@ async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
         Json(json!({"error": "not_found", "detail": "no such endpoint (this is the worker's admin listener: /metrics, /health/live, /health/ready)"})),
+    )
+        .into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(json!({"error": "method_not_allowed", "detail": "the admin endpoints take GET"})),
     )
         .into_response()
 }

@@ -134,13 +134,13 @@ impl<T: AsyncWrite + Unpin> Watched<T> {
             pending.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
-        // hyper's canned answers: a bare head, no content type, no body.
+        // hyper's canned answers: a bare head, no content type, no body;
+        // never a relayed backend answer (`x-openhqm-result`).
         let head_end = find(buf, b"\r\n\r\n")? + 4;
+        let head = buf[..head_end].to_ascii_lowercase();
         let bare = head_end == buf.len()
-            && !buf[..head_end]
-                .to_ascii_lowercase()
-                .windows(13)
-                .any(|w| w == b"content-type:");
+            && find(&head, b"content-type:").is_none()
+            && find(&head, b"x-openhqm-result:").is_none();
         if !bare {
             return None;
         }
@@ -267,6 +267,9 @@ mod tests {
             .rewrite(b"HTTP/1.1 400 x\r\ncontent-type: text/plain\r\n\r\n")
             .is_none());
         assert!(w.rewrite(b"HTTP/1.1 400 x\r\n\r\nmore").is_none());
+        assert!(w
+            .rewrite(b"HTTP/1.1 400 x\r\nX-OpenHQM-Result: final\r\n\r\n")
+            .is_none());
         assert!(w.rewrite(b"not a head").is_none());
     }
 }
