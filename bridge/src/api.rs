@@ -40,7 +40,8 @@ struct SubmitRequest {
     metadata: Option<Metadata>,
 }
 
-/// Read the whole body, refusing more than `limit` bytes with a 413.
+/// Read the whole body, refusing more than `limit` bytes with a 413 (a
+/// malformed or stalled body is a 400 or 408, see `ApiError::body_failed`).
 async fn read_body(req: Request, limit: usize) -> Result<(HeaderMap, axum::body::Bytes), ApiError> {
     let (parts, body) = req.into_parts();
     let declared = parts
@@ -53,7 +54,7 @@ async fn read_body(req: Request, limit: usize) -> Result<(HeaderMap, axum::body:
     }
     let bytes = axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| ApiError::too_large(limit))?;
+        .map_err(|e| ApiError::body_failed(&e, limit))?;
     Ok((parts.headers, bytes))
 }
 
@@ -153,6 +154,11 @@ fn validate_submission(
             format!("request body is not valid JSON for a submission: {e}"),
         )
     })?;
+    if let Some(h) = &parsed.headers {
+        // Refused here, not dead-lettered by the worker later.
+        openhqm_core::headers::check_headers(h)
+            .map_err(|detail| invalid("invalid_header", detail))?;
+    }
     let payload = match parsed.payload {
         None | Some(Value::Null) => {
             return Err(invalid("invalid_request", "`payload` is required"))

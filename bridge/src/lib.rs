@@ -78,8 +78,11 @@ fn router(state: Arc<AppState>) -> Router {
             metrics,
             metrics::track,
         ))
+        // Every answer is JSON, also the extractors' rejections.
+        .layer(axum::middleware::from_fn(error::json_errors))
         .with_state(state);
-    // Outermost: a preflight is answered before routing (which would 405).
+    // Outermost: a preflight is answered before routing (which would 405),
+    // and CORS headers go on error answers too.
     match cors {
         Some(layer) => app.layer(layer),
         None => app,
@@ -117,6 +120,8 @@ async fn run(config: openhqm_core::config::Config) {
     let requests =
         open_queue_or_exit(PROGRAM, backend.as_ref(), &config.queue.request_queue_name).await;
     let store = openhqm_core::open_result_store(&config).unwrap_or_else(|e| fail(e));
+    // Strict, unlike the worker's admin port: clients and Envoy's bridge
+    // cluster target this port, so a fallback would only hide the problem.
     let addr = format!("{}:{}", config.server.host, config.server.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -129,15 +134,19 @@ async fn run(config: openhqm_core::config::Config) {
     let state = Arc::new(AppState::new(config, backend, requests, store.clone()));
     spawn_purge_expired(store);
     tracing::info!(%addr, queue = state.requests.name(), "openhqm-bridge listening");
-    let served = axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(openhqm_core::shutdown::signal())
-        .await;
+    // Checked by Config::validate already; this cannot fail here.
+    let limits =
+        openhqm_core::server::Limits::from_config(&state.config.server).unwrap_or_else(|e| fail(e));
+    openhqm_core::server::serve(
+        listener,
+        router(state.clone()),
+        limits,
+        openhqm_core::shutdown::signal(),
+    )
+    .await;
     let _ = state.requests.close().await;
     if let Some(dlq) = state.dlq.get() {
         let _ = dlq.close().await;
-    }
-    if let Err(e) = served {
-        fail(format!("server error: {e}"));
     }
     tracing::info!("openhqm-bridge stopped");
 }

@@ -55,6 +55,35 @@ pub struct Config {
     pub monitoring: MonitoringConfig,
     pub callbacks: CallbacksConfig,
     pub routing: RoutingConfig,
+    /// The dotted keys the file or the environment set (`worker.admin_port`),
+    /// for settings whose default behaves differently from an explicit value.
+    #[serde(skip)]
+    pub explicit: BTreeSet<String>,
+}
+
+impl Config {
+    /// Was `key` (dotted, e.g. `worker.admin_port`) set by the file or an
+    /// `OPENHQM_*` variable, rather than left at its default?
+    pub fn is_set(&self, key: &str) -> bool {
+        self.explicit.contains(key)
+    }
+}
+
+/// Every dotted key path present in a configuration tree.
+fn key_paths(tree: &Value, prefix: &str, out: &mut BTreeSet<String>) {
+    if let Value::Mapping(map) = tree {
+        for (k, v) in map {
+            if let Value::String(k) = k {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                key_paths(v, &path, out);
+                out.insert(path);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +106,19 @@ pub struct ServerConfig {
     pub reload: Option<bool>,
     /// Browser origins allowed to call the API (off by default).
     pub cors: crate::cors::CorsConfig,
+    // -- Connection limits of every listener (core::server, docs/operations.md).
+    /// Longest wait for a complete request header block, from accept or
+    /// from its first byte (nginx: `client_header_timeout`).
+    pub header_read_timeout_seconds: f64,
+    /// Longest quiet time on a keep-alive connection between requests
+    /// (nginx: `keepalive_timeout`).
+    pub idle_timeout_seconds: f64,
+    /// Longest pause between two reads of a request body; then 408
+    /// (nginx: `client_body_timeout`).
+    pub body_read_timeout_seconds: f64,
+    /// Open connections per listener; more are answered 503 and closed.
+    /// Unset: half the process's open-file limit (at least 64).
+    pub max_connections: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +133,10 @@ impl Default for ServerConfig {
             workers: None,
             reload: None,
             cors: crate::cors::CorsConfig::default(),
+            header_read_timeout_seconds: 10.0,
+            idle_timeout_seconds: 75.0,
+            body_read_timeout_seconds: 60.0,
+            max_connections: None,
         }
     }
 }
@@ -787,13 +833,17 @@ impl Config {
             set_path(&mut tree, &path, value).map_err(|m| ConfigError::new(name.clone(), m))?;
             env_keys.insert(path);
         }
-        let config = deserialize_lenient(tree, env, &env_keys)?;
+        let mut explicit = BTreeSet::new();
+        key_paths(&tree, "", &mut explicit);
+        let mut config = deserialize_lenient(tree, env, &env_keys)?;
+        config.explicit = explicit;
         config.validate()?;
         Ok(config)
     }
 
     /// Checks that serde cannot express: cross-field rules and value ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        crate::server::Limits::from_config(&self.server)?;
         let q = &self.queue;
         for (key, name) in [
             ("queue.request_queue_name", &q.request_queue_name),
@@ -1625,5 +1675,34 @@ mod tests {
         let err =
             Config::from_sources(None, &env(&[("OPENHQM_SERVER__ADMIN_TOKEN", " ")])).unwrap_err();
         assert_eq!(err.key, "server.admin_token");
+    }
+
+    #[test]
+    fn explicit_keys_are_known_and_connection_limits_checked() {
+        let c = Config::from_sources(
+            Some("worker:\n  admin_host: 127.0.0.1\n"),
+            &env(&[("OPENHQM_SERVER__IDLE_TIMEOUT_SECONDS", "5")]),
+        )
+        .unwrap();
+        assert!(c.is_set("worker.admin_host") && c.is_set("server.idle_timeout_seconds"));
+        assert!(!c.is_set("worker.admin_port"), "left at its default");
+        assert_eq!(c.server.idle_timeout_seconds, 5.0);
+        let c =
+            Config::from_sources(None, &env(&[("OPENHQM_WORKER__ADMIN_PORT", "8001")])).unwrap();
+        assert!(
+            c.is_set("worker.admin_port"),
+            "set to the default value is still set"
+        );
+        for (var, val) in [
+            ("OPENHQM_SERVER__HEADER_READ_TIMEOUT_SECONDS", "0"),
+            ("OPENHQM_SERVER__BODY_READ_TIMEOUT_SECONDS", "-1"),
+            ("OPENHQM_SERVER__MAX_CONNECTIONS", "0"),
+        ] {
+            let err = Config::from_sources(None, &env(&[(var, val)])).unwrap_err();
+            let key = var
+                .trim_start_matches("OPENHQM_SERVER__")
+                .to_ascii_lowercase();
+            assert_eq!(err.key, format!("server.{key}"), "{var}");
+        }
     }
 }

@@ -10,6 +10,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use openhqm_core::metrics::{counter, gauge, latency_histogram, BoundedLabel, QueueGauges};
 use openhqm_core::queue::Queue;
+use openhqm_core::server;
 use prometheus::{HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 use serde_json::json;
 use std::sync::Arc;
@@ -151,19 +152,27 @@ struct AdminState {
     dlq: Arc<dyn Queue>,
 }
 
-/// Bind the admin listener now (a taken port is a startup error naming the
-/// key) and serve it in the background.
+/// Bind the admin listener now and serve it in the background; the address
+/// it got. An explicitly set `worker.admin_port` that is taken is a startup
+/// error naming the key; the default one, taken (another worker on this
+/// host), is a warning and an ephemeral port (`core::server::bind`).
 pub async fn serve(
-    host: &str,
-    port: u16,
+    config: &openhqm_core::config::Config,
     metrics: Arc<Metrics>,
     queue: Arc<dyn Queue>,
     dlq: Arc<dyn Queue>,
-) -> Result<(), String> {
-    let addr = format!("{host}:{port}");
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|e| format!("`worker.admin_port`: cannot listen on {addr}: {e}"))?;
+) -> Result<std::net::SocketAddr, String> {
+    let limits = server::Limits::from_config(&config.server).map_err(|e| e.to_string())?;
+    let listener = server::bind(
+        "worker.admin_port",
+        &config.worker.admin_host,
+        config.worker.admin_port,
+        config.is_set("worker.admin_port"),
+    )
+    .await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("`worker.admin_port`: {e}"))?;
     let state = Arc::new(AdminState {
         metrics,
         queue,
@@ -173,11 +182,16 @@ pub async fn serve(
         .route("/metrics", get(metrics_text))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    Ok(())
+    tokio::spawn(server::serve(
+        listener,
+        router,
+        limits,
+        std::future::pending(),
+    ));
+    Ok(addr)
 }
 
 async fn metrics_text(State(state): State<Arc<AdminState>>) -> Response {
@@ -190,6 +204,22 @@ async fn metrics_text(State(state): State<Arc<AdminState>>) -> Response {
     (
         [("content-type", "text/plain; version=0.0.4")],
         state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": "not_found", "detail": "no such endpoint (this is the worker's admin listener: /metrics, /health/live, /health/ready)"})),
+    )
+        .into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(json!({"error": "method_not_allowed", "detail": "the admin endpoints take GET"})),
     )
         .into_response()
 }

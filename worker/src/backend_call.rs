@@ -124,6 +124,7 @@ pub fn build(
                     && !strip.contains(&lower)
                     && !HOP_BY_HOP.contains(&lower.as_str())
                 {
+                    openhqm_core::headers::check_header(&lower, value)?;
                     append(&mut headers, &lower, value.as_bytes())?;
                 }
             }
@@ -233,6 +234,8 @@ fn append(headers: &mut HeaderMap, name: &str, value: &[u8]) -> Result<(), Strin
 }
 
 fn set(headers: &mut HeaderMap, name: &str, value: &str) -> Result<(), String> {
+    // The rule the bridge applies at submit (core::headers).
+    openhqm_core::headers::check_header(name, value)?;
     let n = HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| format!("invalid header name `{name}`"))?;
     let v =
@@ -489,5 +492,31 @@ mod tests {
             .to_str()
             .unwrap()
             .starts_with("00-0af7"));
+    }
+
+    #[test]
+    fn a_header_value_with_a_line_break_fails_with_the_submit_rule() {
+        // Published by something other than our bridge (which refuses it).
+        let mut config = Config::default();
+        config.proxy.forward_headers = vec!["*".into()];
+        let ep = endpoint("http://backend/api");
+        let env = Envelope {
+            version: ENVELOPE_VERSION,
+            correlation_id: "67e55044-10b1-426f-9247-bb680e5fe0c8".into(),
+            submitted_at: "t".into(),
+            source: Source::Api,
+            metadata: Metadata::default(),
+            traceparent: None,
+            payload: Some(serde_json::json!({})),
+            headers: [("X-Tenant".to_string(), "a\r\nX-Injected: 1".to_string())]
+                .into_iter()
+                .collect(),
+            request: None,
+            partition_key: None,
+        };
+        let err = build(&config, &Work::from_envelope(env), &target(&ep), 1).unwrap_err();
+        let rule =
+            openhqm_core::headers::check_header("x-tenant", "a\r\nX-Injected: 1").unwrap_err();
+        assert_eq!(err, rule);
     }
 }

@@ -82,22 +82,20 @@ async fn run(config: openhqm_core::config::Config) {
     let callbacks = callback::http_client(&config.callbacks)
         .and_then(|client| callback::CallbackSender::new(client, &config.callbacks))
         .unwrap_or_else(|e| fail(e));
-    if config.worker.admin_port != 0 {
-        admin::serve(
-            &config.worker.admin_host,
-            config.worker.admin_port,
-            metrics.clone(),
-            requests.clone(),
-            dlq.clone(),
-        )
-        .await
-        .unwrap_or_else(|e| fail(e));
-    }
+    let admin = if config.worker.admin_port != 0 {
+        let addr = admin::serve(&config, metrics.clone(), requests.clone(), dlq.clone())
+            .await
+            .unwrap_or_else(|e| fail(e));
+        addr.to_string()
+    } else {
+        "off".to_string()
+    };
 
     tracing::info!(
         queue = requests.name(),
         proxy = config.proxy.enabled,
         concurrency = config.worker.concurrency,
+        admin = %admin,
         "openhqm-worker started"
     );
     spawn_purge_expired(store.clone());
