@@ -70,6 +70,26 @@ fn content_type(headers: &HeaderMap) -> Option<String> {
         })
 }
 
+/// The key `partitioning.partition_key_field` (else `session_key_field`)
+/// names, read from the message in the original's shape, so a client keyed
+/// on `metadata.session_id` keeps its affinity unchanged.
+fn configured_partition_key(
+    config: &openhqm_core::config::Config,
+    payload: &Value,
+    metadata: &Metadata,
+    headers: &Option<BTreeMap<String, String>>,
+) -> Result<Option<String>, ApiError> {
+    let view = serde_json::json!({
+        "payload": payload,
+        "metadata": metadata,
+        "headers": headers.clone().unwrap_or_default(),
+    });
+    config
+        .partitioning
+        .key_for(&view)
+        .map_err(|detail| ApiError::bad_request("invalid_request", detail))
+}
+
 /// `POST /api/v1/submit`
 pub async fn submit(
     State(state): State<Arc<AppState>>,
@@ -113,7 +133,7 @@ pub async fn submit(
         }
     }
     check_callback(&state.config.callbacks, &metadata)?;
-    let partition_key = match metadata.extra.get("partition_key") {
+    let mut partition_key = match metadata.extra.get("partition_key") {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(k)) if !k.is_empty() && k.len() <= 256 => Some(k.clone()),
         Some(_) => {
@@ -123,6 +143,10 @@ pub async fn submit(
             ))
         }
     };
+    if state.config.partitioning.enabled {
+        partition_key =
+            configured_partition_key(&state.config, &payload, &metadata, &parsed.headers)?;
+    }
     let mut trace = TraceSpan::start(
         "POST /api/v1/submit",
         SpanKind::Server,

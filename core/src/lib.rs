@@ -8,6 +8,7 @@ pub mod dlq;
 pub mod envelope;
 pub mod metrics;
 pub mod model;
+pub mod original_args;
 pub mod queue;
 pub mod registry;
 pub mod retry;
@@ -158,7 +159,34 @@ pub fn load_config_or_exit(program: &str) -> Config {
 /// to the `--help` text.
 pub fn load_program_or_exit(program: &str, commands: &[&str], help: &str) -> (Config, Vec<String>) {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (path, command) = match parse_args(&args, commands) {
+    load_args_or_exit(program, commands, help, &args)
+}
+
+/// [`load_config_or_exit`] for the worker: also accepts the original's
+/// positional arguments (`worker-1`, `$(POD_NAME) $(POD_INDEX) 5`; see
+/// [`original_args`]).
+pub fn load_worker_or_exit(program: &str) -> Config {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (flags, positional) =
+        original_args::split_worker_args(&args).unwrap_or_else(|m| exit_usage(program, &m));
+    let help = "\n\nThe original's positional arguments are accepted: [WORKER_ID [WORKER_INDEX [WORKER_COUNT]]]; WORKER_ID names the consumer, the others are logged (docs/migration.md).";
+    let (mut config, _) = load_args_or_exit(program, &[], help, &flags);
+    original_args::apply_worker_args(
+        &mut config,
+        &positional,
+        &original_args::host_name(),
+        std::process::id(),
+    );
+    config
+}
+
+fn load_args_or_exit(
+    program: &str,
+    commands: &[&str],
+    help: &str,
+    args: &[String],
+) -> (Config, Vec<String>) {
+    let (path, command) = match parse_args(args, commands) {
         Ok(Args::Run { config, command }) => (
             config.or_else(|| std::env::var_os(config::CONFIG_FILE_ENV).map(Into::into)),
             command,
