@@ -401,3 +401,95 @@ fn partition_key_falls_back_to_the_session_field() {
     .unwrap_err();
     assert_eq!(err.key, "partitioning.strategy");
 }
+
+/// Every document of a manifest under deploy/kubernetes/original/.
+fn ported(name: &str) -> Vec<Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/kubernetes/original")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap();
+    text.split("\n---")
+        .filter_map(|d| yaml_serde::from_str::<Value>(d).ok())
+        .filter(|v| v.is_mapping())
+        .collect()
+}
+
+/// A container's env as the kubelet would set it: ConfigMap `envFrom`,
+/// then `env` (fieldRefs and secrets given stand-in values).
+fn container_env(docs: &[Value], kind: &str) -> (Vec<(String, String)>, Vec<String>) {
+    let workload = docs
+        .iter()
+        .find(|d| d["kind"].as_str() == Some(kind))
+        .unwrap();
+    let spec = &workload["spec"]["template"]["spec"]["containers"][0];
+    let mut env = Vec::new();
+    if spec["envFrom"].is_sequence() {
+        let cm = docs
+            .iter()
+            .find(|d| d["kind"].as_str() == Some("ConfigMap") && d["data"].is_mapping())
+            .unwrap();
+        for (k, v) in cm["data"].as_mapping().unwrap() {
+            env.push((k.as_str().unwrap().into(), v.as_str().unwrap().into()));
+        }
+    }
+    for e in spec["env"].as_sequence().into_iter().flatten() {
+        let name = e["name"].as_str().unwrap().to_string();
+        let value =
+            e["value"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| match name.as_str() {
+                    "POD_INDEX" => "2".into(),
+                    "POD_NAME" | "OPENHQM_QUEUE__REDIS_CONSUMER_NAME" => "openhqm-workers-2".into(),
+                    _ => "from-a-secret".into(),
+                });
+        env.push((name, value));
+    }
+    let args = spec["args"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            let a = a.as_str().unwrap();
+            a.replace("$(POD_NAME)", "openhqm-workers-2")
+                .replace("$(POD_INDEX)", "2")
+        })
+        .collect();
+    (env, args)
+}
+
+#[test]
+fn the_ported_manifests_configure_what_they_say() {
+    let docs = ported("http-to-queue.yaml");
+    let (env, _) = container_env(&docs, "Deployment");
+    let c = Config::from_sources(None, &env).unwrap();
+    assert_eq!(c.queue.kind, QueueType::Redis);
+    assert_eq!(c.cache.kind, CacheType::Redis);
+    assert_eq!(c.worker.admin_port, 8001);
+    let docs = ported("queue-to-http.yaml");
+    let (env, _) = container_env(&docs, "Deployment");
+    let c = Config::from_sources(None, &env).unwrap();
+    assert_eq!(
+        c.proxy.endpoints["webhook-endpoint"]
+            .auth_header_name
+            .as_deref(),
+        Some("X-API-Key")
+    );
+    assert_eq!(
+        c.proxy.endpoints["backend-api"].auth_token.as_deref(),
+        Some("from-a-secret")
+    );
+    let docs = ported("routing-statefulset.yaml");
+    let (env, args) = container_env(&docs, "StatefulSet");
+    let (flags, positional) = crate::original_args::split_worker_args(&args).unwrap();
+    assert!(flags.is_empty());
+    let mut c = Config::from_sources(None, &env).unwrap();
+    crate::original_args::apply_worker_args(&mut c, &positional, "openhqm-workers-2", 1);
+    assert_eq!(
+        c.queue.redis_consumer_name.as_deref(),
+        Some("openhqm-workers-2")
+    );
+    assert_eq!(c.queue.kind, QueueType::Redis);
+    assert_eq!(c.partitioning.partition_key_field, "metadata.session_id");
+    assert!(c.routing.enabled);
+}

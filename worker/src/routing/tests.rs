@@ -422,3 +422,28 @@ fn jq_header_mappings_run() {
     .unwrap();
     assert!(t.route(&m).unwrap().headers.is_empty());
 }
+
+/// The ported StatefulSet (deploy/kubernetes/original/): its ConfigMap's
+/// routing.yaml loads and names only endpoints its env defines.
+#[test]
+fn the_ported_routing_configmap_loads() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/kubernetes/original/routing-statefulset.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut docs = text.split("\n---");
+    let cm: Value = yaml_serde::from_str(docs.next().unwrap()).unwrap();
+    let table = RoutingTable::from_text(cm["data"]["routing.yaml"].as_str().unwrap()).unwrap();
+    let sts: Value = yaml_serde::from_str(docs.next().unwrap()).unwrap();
+    let env = &sts["spec"]["template"]["spec"]["containers"][0]["env"];
+    let endpoints = env
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "OPENHQM_PROXY__ENDPOINTS")
+        .and_then(|e| e["value"].as_str())
+        .unwrap();
+    let endpoints: Value = serde_json::from_str(endpoints).unwrap();
+    for name in table.endpoints() {
+        assert!(endpoints.get(&name).is_some(), "{name} is not defined");
+    }
+}
