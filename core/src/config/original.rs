@@ -79,6 +79,9 @@ pub(super) fn normalize(tree: &mut Value) -> Result<Vec<String>, ConfigError> {
             }
         }
     }
+    if let Some(queue) = section(root, "queue") {
+        flatten_backend_blocks(queue)?;
+    }
     for (sect, key, why) in DROPPED {
         if let Some(map) = section(root, sect) {
             if map.remove(s(key)).is_some() {
@@ -111,6 +114,40 @@ pub(super) fn notes(config: &Config) -> Vec<String> {
         out.push("monitoring.metrics_enabled (false: /metrics stays on; restrict it at the network or ingress)".into());
     }
     out
+}
+
+/// The original's README and pattern docs write `queue.redis.url` and
+/// `queue.kafka.bootstrap_servers: [..]` (also `OPENHQM_QUEUE__KAFKA__...`);
+/// its settings only had the flat `queue.redis_url`, `queue.kafka_*` keys.
+/// Both spellings are read, as the flat ones.
+fn flatten_backend_blocks(queue: &mut Mapping) -> Result<(), ConfigError> {
+    for backend in ["redis", "kafka", "sqs", "mqtt", "azure_eventhubs", "gcp"] {
+        let Some(Value::Mapping(block)) = queue.get(s(backend)).cloned() else {
+            continue;
+        };
+        queue.remove(s(backend));
+        for (k, v) in block {
+            let Some(k) = k.as_str() else { continue };
+            let flat = format!("{backend}_{k}");
+            let v = match v {
+                // A list of brokers is the original's comma-separated text.
+                Value::Sequence(items) if flat == "kafka_bootstrap_servers" => s(&items
+                    .iter()
+                    .filter_map(|i| i.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")),
+                other => other,
+            };
+            if queue.contains_key(s(&flat)) {
+                return Err(ConfigError::new(
+                    format!("queue.{backend}.{k}"),
+                    format!("is also set as queue.{flat}; give one"),
+                ));
+            }
+            queue.insert(s(&flat), v);
+        }
+    }
+    Ok(())
 }
 
 fn s(text: &str) -> Value {

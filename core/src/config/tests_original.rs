@@ -493,3 +493,44 @@ fn the_ported_manifests_configure_what_they_say() {
     assert_eq!(c.partitioning.partition_key_field, "metadata.session_id");
     assert!(c.routing.enabled);
 }
+
+/// The original's README quick start writes `queue.redis.url`, its pattern
+/// docs `queue.kafka.bootstrap_servers: [..]`: read as the flat keys.
+#[test]
+fn nested_backend_blocks_of_its_readme_are_read_flat() {
+    let c = Config::from_sources(
+        Some("queue:\n  type: redis\n  redis:\n    url: redis://cache:6379\nworker:\n  count: 5\n"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.queue.redis_url, "redis://cache:6379");
+    let c = Config::from_sources(
+        Some(
+            "queue:\n  kafka:\n    bootstrap_servers: [k1:9092, k2:9092]\n    consumer_group: g\n",
+        ),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        c.queue.kind,
+        QueueType::Kafka,
+        "inferred from the kafka keys"
+    );
+    assert_eq!(
+        c.queue.kafka_bootstrap_servers.as_deref(),
+        Some("k1:9092,k2:9092")
+    );
+    let c = Config::from_sources(
+        None,
+        &with(vec![], &[("OPENHQM_QUEUE__REDIS__URL", "redis://r:6379")]),
+    )
+    .unwrap();
+    assert_eq!(c.queue.kind, QueueType::Redis);
+    assert_eq!(c.queue.redis_url, "redis://r:6379");
+    let err = Config::from_sources(
+        Some("queue:\n  redis_url: redis://a\n  redis:\n    url: redis://b\n"),
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(err.key, "queue.redis.url");
+}
