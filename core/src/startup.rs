@@ -105,12 +105,16 @@ pub fn spawn_purge_expired(store: Arc<dyn ResultStore>) -> tokio::task::JoinHand
 /// The start-up line (backends, result store, data directory, and what was
 /// inferred) and a warning per accepted-but-ignored key.
 pub fn log_startup_notes(program: &str, config: &Config) {
-    let backends = crate::config::backend_line(config);
-    if config.notes.inferred.is_empty() {
-        tracing::info!(program, "{backends}");
+    let mut line = crate::config::backend_line(config);
+    if !config.notes.inferred.is_empty() {
+        line = format!("{line} (inferred: {})", config.notes.inferred.join("; "));
+    }
+    // Printed whatever the log level: where the data goes is never hidden
+    // (at WARN, the level the original's manifests rarely lower to).
+    if tracing::enabled!(tracing::Level::INFO) {
+        tracing::info!(program, "{line}");
     } else {
-        let inferred = config.notes.inferred.join("; ");
-        tracing::info!(program, "{backends} (inferred: {inferred})");
+        tracing::warn!(program, "{line}");
     }
     for key in &config.notes.ignored {
         tracing::warn!(program, "accepted but without effect here: {key}");
