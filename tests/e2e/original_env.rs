@@ -282,10 +282,12 @@ async fn partitioning_on_session_id_keeps_each_session_on_one_instance() {
     stack.start_worker();
     let mut seen: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
         Default::default();
-    for round in 0..4 {
-        // Five sessions over three instances: a rotation would move each
-        // session from round to round.
-        for session in ["s-1", "s-2", "s-3", "s-4", "s-5"] {
+    // Ten sessions (not a multiple of the three instances, so a rotation
+    // would move each one from round to round; and all ten on one instance
+    // by chance is 3 x 3^-10).
+    let sessions: Vec<String> = (1..=10).map(|i| format!("s-{i}")).collect();
+    for round in 0..3 {
+        for session in &sessions {
             let done = submit_and_wait(
                 &stack,
                 json!({"payload": {"n": round}, "metadata": {"session_id": session}}),
@@ -293,15 +295,12 @@ async fn partitioning_on_session_id_keeps_each_session_on_one_instance() {
             .await;
             assert_eq!(done["status"], "COMPLETED", "{done}");
             let path = done["result"]["path"].as_str().unwrap().to_string();
-            seen.entry(session.to_string()).or_default().insert(path);
+            seen.entry(session.clone()).or_default().insert(path);
         }
     }
     for (session, paths) in &seen {
         assert_eq!(paths.len(), 1, "{session} reached {paths:?}");
     }
     let used: std::collections::BTreeSet<_> = seen.values().flatten().collect();
-    assert!(
-        used.len() > 1,
-        "five sessions all on one instance: {used:?}"
-    );
+    assert!(used.len() > 1, "ten sessions all on one instance: {used:?}");
 }
