@@ -158,8 +158,16 @@ pub fn load_config_or_exit(program: &str) -> Config {
 /// subcommand named on the command line (empty when none). `help` is added
 /// to the `--help` text.
 pub fn load_program_or_exit(program: &str, commands: &[&str], help: &str) -> (Config, Vec<String>) {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    load_args_or_exit(program, commands, help, &args)
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // The original's compose `command: python -m openhqm.api.listener`.
+    let python = original_args::strip_api_prefix(&mut args);
+    let (mut config, command) = load_args_or_exit(program, commands, help, &args);
+    if python {
+        config.notes.ignored.push(
+            "arguments `python -m openhqm.api.listener` (the image runs the program itself)".into(),
+        );
+    }
+    (config, command)
 }
 
 /// [`load_config_or_exit`] for the worker: also accepts the original's

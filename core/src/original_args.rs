@@ -26,6 +26,23 @@ pub struct WorkerArgs {
     pub python_prefix: bool,
 }
 
+/// The API's module in the original's `python -m openhqm.api.listener`.
+const API_MODULE: &str = "openhqm.api.listener";
+
+/// Drop a leading `python -m openhqm.api.listener` (the original compose
+/// file's API `command:`, which our bridge image receives as arguments);
+/// true when it was there.
+pub fn strip_api_prefix(args: &mut Vec<String>) -> bool {
+    let found = args.len() >= 3
+        && matches!(args[0].as_str(), "python" | "python3")
+        && args[1] == "-m"
+        && args[2] == API_MODULE;
+    if found {
+        args.drain(..3);
+    }
+    found
+}
+
 /// Take the positional arguments out of `args`; the rest (flags) is left
 /// for the usual parser.
 pub fn split_worker_args(args: &[String]) -> Result<(Vec<String>, WorkerArgs), String> {
@@ -146,6 +163,13 @@ mod tests {
         assert!(a.python_prefix);
         assert_eq!(a.worker_id.as_deref(), Some("worker-1"));
         // k8s-routing-configmap.yaml: `$(POD_NAME) $(POD_INDEX) 5`, resolved.
+        let mut api: Vec<String> = ["python", "-m", "openhqm.api.listener", "--config", "a"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert!(strip_api_prefix(&mut api));
+        assert_eq!(api, vec!["--config", "a"]);
+        assert!(!strip_api_prefix(&mut api));
         let (_, a) = split(&["openhqm-workers-3", "3", "5", "--config", "c.yaml"]).unwrap();
         assert_eq!(a.index, Some(3));
         assert_eq!(a.count, Some(5));

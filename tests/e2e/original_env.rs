@@ -74,10 +74,11 @@ async fn compose_redis_urls_alone_run_bridge_and_worker_on_redis() {
     let dir = stack.dir.clone();
     let bridge_dir = dir.join("bridge-data").to_string_lossy().into_owned();
     let worker_dir = dir.join("worker-data").to_string_lossy().into_owned();
+    // The compose file's command lines, which our images get as arguments.
     let bridge = stack.spawn(
         "bridge",
         &bin("openhqm-bridge"),
-        &[],
+        &["python", "-m", "openhqm.api.listener"],
         &[("OPENHQM_QUEUE__DATA_DIR", &bridge_dir)],
     );
     let b = stack.keep(bridge);
@@ -87,11 +88,11 @@ async fn compose_redis_urls_alone_run_bridge_and_worker_on_redis() {
     )
     .await;
     let admin = openhqm_e2e::free_port().to_string();
-    // The compose worker's command line: `... worker worker-${WORKER_ID:-1}`.
+    // `python -m openhqm.worker.worker worker-${WORKER_ID:-1}`.
     let worker = stack.spawn(
         "worker",
         &bin("openhqm-worker"),
-        &["worker-1"],
+        &["python", "-m", "openhqm.worker.worker", "worker-1"],
         &[
             ("OPENHQM_QUEUE__DATA_DIR", &worker_dir),
             ("OPENHQM_WORKER__ADMIN_PORT", &admin),
