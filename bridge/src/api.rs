@@ -71,6 +71,26 @@ fn content_type(headers: &HeaderMap) -> Option<String> {
         })
 }
 
+/// The key `partitioning.partition_key_field` (else `session_key_field`)
+/// names, read from the message in the original's shape, so a client keyed
+/// on `metadata.session_id` keeps its affinity unchanged.
+fn configured_partition_key(
+    config: &openhqm_core::config::Config,
+    payload: &Value,
+    metadata: &Metadata,
+    headers: &BTreeMap<String, String>,
+) -> Result<Option<String>, ApiError> {
+    let view = serde_json::json!({
+        "payload": payload,
+        "metadata": metadata,
+        "headers": headers,
+    });
+    config
+        .partitioning
+        .key_for(&view)
+        .map_err(|detail| invalid("invalid_request", detail))
+}
+
 /// `POST /api/v1/submit`
 pub async fn submit(
     State(state): State<Arc<AppState>>,
@@ -89,7 +109,7 @@ pub async fn submit(
     }
     let (payload, metadata, client_headers) = validate_submission(&state, &body)?;
     check_callback(&state.config.callbacks, &metadata)?;
-    let partition_key = match metadata.extra.get("partition_key") {
+    let mut partition_key = match metadata.extra.get("partition_key") {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(k)) if !k.is_empty() && k.len() <= 256 => Some(k.clone()),
         Some(_) => {
@@ -99,6 +119,10 @@ pub async fn submit(
             ))
         }
     };
+    if state.config.partitioning.enabled {
+        partition_key =
+            configured_partition_key(&state.config, &payload, &metadata, &client_headers)?;
+    }
     let mut trace = TraceSpan::start(
         "POST /api/v1/submit",
         SpanKind::Server,

@@ -11,6 +11,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use yaml_serde::{Mapping, Value};
 
+mod infer;
+mod original;
+mod partitioning;
+pub use infer::{backend_line, redact_url};
+pub use partitioning::{PartitionStrategy, PartitioningConfig};
+
 /// The environment prefix for overrides (`OPENHQM_QUEUE__TYPE=redis`).
 pub const ENV_PREFIX: &str = "OPENHQM_";
 /// Names the config file when `--config` is not given.
@@ -55,6 +61,12 @@ pub struct Config {
     pub monitoring: MonitoringConfig,
     pub callbacks: CallbacksConfig,
     pub routing: RoutingConfig,
+    /// The original's session affinity settings (config/partitioning.rs).
+    pub partitioning: PartitioningConfig,
+    /// What loading decided on its own (inferred backends, ignored keys),
+    /// logged once logging is up (`startup::log_startup_notes`).
+    #[serde(skip)]
+    pub notes: StartupNotes,
     /// The dotted keys the file or the environment set (`worker.admin_port`),
     /// for settings whose default behaves differently from an explicit value.
     #[serde(skip)]
@@ -84,6 +96,15 @@ fn key_paths(tree: &Value, prefix: &str, out: &mut BTreeSet<String>) {
             }
         }
     }
+}
+
+/// Start-up remarks gathered while loading: printed, never fatal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StartupNotes {
+    /// Decisions taken for the operator (`queue.type = redis (from ...)`).
+    pub inferred: Vec<String>,
+    /// Keys accepted but without effect here, each with why.
+    pub ignored: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -381,7 +402,8 @@ pub struct EndpointConfig {
     pub auth_username: Option<String>,
     #[serde(default)]
     pub auth_password: Option<String>,
-    #[serde(default)]
+    /// `auth_header` is the spelling of the original's queue-to-http example.
+    #[serde(default, alias = "auth_header")]
     pub auth_header_name: Option<String>,
     /// Several instances of one backend (base URLs like `url`): a message's
     /// partition key always reaches the same instance (rendezvous hashing),
@@ -833,11 +855,19 @@ impl Config {
             set_path(&mut tree, &path, value).map_err(|m| ConfigError::new(name.clone(), m))?;
             env_keys.insert(path);
         }
+        let renamed = original::normalize(&mut tree)?;
+        // What the operator set, before inference adds keys of its own.
         let mut explicit = BTreeSet::new();
         key_paths(&tree, "", &mut explicit);
+        let inferred = infer::infer_backends(&mut tree, &env_keys)?;
         let mut config = deserialize_lenient(tree, env, &env_keys)?;
         config.explicit = explicit;
+        config.notes.inferred.extend(inferred.notes);
+        config.notes.ignored.extend(renamed);
+        config.notes.ignored.extend(inferred.ignored);
         config.validate()?;
+        let later = original::notes(&config);
+        config.notes.ignored.extend(later);
         Ok(config)
     }
 
@@ -970,12 +1000,11 @@ impl Config {
             }
             check_auth(ep).map_err(|m| ConfigError::new(format!("{key}.auth_type"), m))?;
         }
+        // Proxy mode without a default is allowed (as the original): each
+        // message then names its endpoint or matches a route.
         if self.proxy.enabled {
             match &self.proxy.default_endpoint {
-                None => return Err(ConfigError::new(
-                    "proxy.default_endpoint",
-                    "proxy mode is enabled: name an endpoint from proxy.endpoints (or give a URL)",
-                )),
+                None => {}
                 Some(d) if !self.proxy.endpoints.contains_key(d) => {
                     check_url(d).map_err(|m| {
                         ConfigError::new(
@@ -990,6 +1019,7 @@ impl Config {
             }
         }
         self.callbacks.validate()?;
+        self.partitioning.validate()?;
         if self.routing.enabled
             && self.routing.config_path.is_none()
             && self.routing.config.is_none()
@@ -1482,8 +1512,14 @@ mod tests {
             Config::from_sources(None, &env(&[("OPENHQM_WORKER__BATCH_SIZE", "0")])).unwrap_err();
         assert_eq!(err.key, "worker.batch_size");
 
-        let err =
-            Config::from_sources(None, &env(&[("OPENHQM_PROXY__ENABLED", "true")])).unwrap_err();
+        let err = Config::from_sources(
+            None,
+            &env(&[
+                ("OPENHQM_PROXY__ENABLED", "true"),
+                ("OPENHQM_PROXY__DEFAULT_ENDPOINT", "nowhere"),
+            ]),
+        )
+        .unwrap_err();
         assert_eq!(err.key, "proxy.default_endpoint");
 
         let err = Config::from_sources(
@@ -1706,3 +1742,6 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod tests_original;

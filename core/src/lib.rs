@@ -11,6 +11,7 @@ pub mod headers;
 pub mod metrics;
 pub mod model;
 pub mod original;
+pub mod original_args;
 pub mod queue;
 pub mod registry;
 pub mod retry;
@@ -161,8 +162,43 @@ pub fn load_config_or_exit(program: &str) -> Config {
 /// subcommand named on the command line (empty when none). `help` is added
 /// to the `--help` text.
 pub fn load_program_or_exit(program: &str, commands: &[&str], help: &str) -> (Config, Vec<String>) {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // The original's compose `command: python -m openhqm.api.listener`.
+    let python = original_args::strip_api_prefix(&mut args);
+    let (mut config, command) = load_args_or_exit(program, commands, help, &args);
+    if python {
+        config.notes.ignored.push(
+            "arguments `python -m openhqm.api.listener` (the image runs the program itself)".into(),
+        );
+    }
+    (config, command)
+}
+
+/// [`load_config_or_exit`] for the worker: also accepts the original's
+/// positional arguments (`worker-1`, `$(POD_NAME) $(POD_INDEX) 5`; see
+/// [`original_args`]).
+pub fn load_worker_or_exit(program: &str) -> Config {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (path, command) = match parse_args(&args, commands) {
+    let (flags, positional) =
+        original_args::split_worker_args(&args).unwrap_or_else(|m| exit_usage(program, &m));
+    let help = "\n\nThe original's positional arguments are accepted: [WORKER_ID [WORKER_INDEX [WORKER_COUNT]]]; WORKER_ID names the consumer, the others are logged (docs/migration.md).";
+    let (mut config, _) = load_args_or_exit(program, &[], help, &flags);
+    original_args::apply_worker_args(
+        &mut config,
+        &positional,
+        &original_args::host_name(),
+        std::process::id(),
+    );
+    config
+}
+
+fn load_args_or_exit(
+    program: &str,
+    commands: &[&str],
+    help: &str,
+    args: &[String],
+) -> (Config, Vec<String>) {
+    let (path, command) = match parse_args(args, commands) {
         Ok(Args::Run { config, command }) => (
             config.or_else(|| std::env::var_os(config::CONFIG_FILE_ENV).map(Into::into)),
             command,

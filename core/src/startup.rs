@@ -36,8 +36,28 @@ where
     Fut: Future<Output = ()>,
 {
     let (config, command) = crate::load_program_or_exit(program, commands, help);
+    run_loaded(program, config, command, body);
+}
+
+/// [`run_program`] for the worker, which also takes the original's
+/// positional arguments (`crate::original_args`).
+pub fn run_worker_program<F, Fut>(program: &str, body: F)
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let config = crate::load_worker_or_exit(program);
+    run_loaded(program, config, Vec::new(), |config, _| body(config));
+}
+
+fn run_loaded<F, Fut>(program: &str, config: Config, command: Vec<String>, body: F)
+where
+    F: FnOnce(Config, Vec<String>) -> Fut,
+    Fut: Future<Output = ()>,
+{
     if command.is_empty() {
         crate::telemetry::init_logging(&config.monitoring);
+        log_startup_notes(program, &config);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -80,4 +100,23 @@ pub fn spawn_purge_expired(store: Arc<dyn ResultStore>) -> tokio::task::JoinHand
             }
         }
     })
+}
+
+/// The start-up line (backends, result store, data directory, and what was
+/// inferred) and a warning per accepted-but-ignored key.
+pub fn log_startup_notes(program: &str, config: &Config) {
+    let mut line = crate::config::backend_line(config);
+    if !config.notes.inferred.is_empty() {
+        line = format!("{line} (inferred: {})", config.notes.inferred.join("; "));
+    }
+    // Printed whatever the log level: where the data goes is never hidden
+    // (at WARN, the level the original's manifests rarely lower to).
+    if tracing::enabled!(tracing::Level::INFO) {
+        tracing::info!(program, "{line}");
+    } else {
+        tracing::warn!(program, "{line}");
+    }
+    for key in &config.notes.ignored {
+        tracing::warn!(program, "accepted but without effect here: {key}");
+    }
 }

@@ -31,7 +31,7 @@ fn fail(msg: impl std::fmt::Display) -> ! {
 /// environment); what the `openhqm-worker` binary does. Call it from your
 /// own `main` after registering custom backends (`openhqm_core::registry`).
 pub fn main() {
-    openhqm_core::startup::run_program(PROGRAM, run);
+    openhqm_core::startup::run_worker_program(PROGRAM, run);
 }
 
 /// The processor given to [`main_with_processor`], if any.
@@ -72,10 +72,15 @@ async fn run(config: openhqm_core::config::Config) {
     let metrics = Arc::new(admin::Metrics::new());
     // Everything that can be wrong with the configuration fails here, before
     // a message is taken.
-    let proxy = if config.proxy.enabled {
-        Some(proxy::Proxy::new(&config, metrics.clone()).unwrap_or_else(|e| fail(e)))
+    let routing = routing::RoutingTable::from_config(&config).unwrap_or_else(|e| fail(e));
+    // Proxy mode routes to endpoints; otherwise the table still reshapes
+    // the payload the processor gets (as the original's processor did).
+    let (proxy, local_routing) = if config.proxy.enabled {
+        let proxy =
+            proxy::Proxy::new(&config, metrics.clone(), routing).unwrap_or_else(|e| fail(e));
+        (Some(proxy), None)
     } else {
-        None
+        (None, routing)
     };
     let processor = choose_processor(&config).unwrap_or_else(|e| fail(e));
     // Its own client: callbacks must not follow redirects off the allow-list.
@@ -114,6 +119,7 @@ async fn run(config: openhqm_core::config::Config) {
         policy,
         metrics,
         proxy,
+        routing: local_routing,
         processor,
         callbacks,
     }));

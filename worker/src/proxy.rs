@@ -30,6 +30,9 @@ pub struct Proxy {
     endpoints: HashMap<String, Endpoint>,
     default: Option<String>,
     routing: Option<RoutingTable>,
+    /// Endpoint names the routing table uses that are not configured: their
+    /// messages go to the default endpoint (warned at start-up).
+    unknown_routed: std::collections::HashSet<String>,
     metrics: Arc<Metrics>,
 }
 
@@ -43,7 +46,11 @@ pub struct Plan<'a> {
 }
 
 impl Proxy {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Proxy, String> {
+    pub fn new(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        routing: Option<RoutingTable>,
+    ) -> Result<Proxy, String> {
         let mut endpoints = HashMap::new();
         let mut add = |name: &str, ep: EndpointConfig| -> Result<(), String> {
             let policy = RetryPolicy::for_endpoint(&config.worker, &ep.retry)
@@ -81,32 +88,34 @@ impl Proxy {
                 default = Some(DEFAULT_NAME.to_string());
             }
         }
-        let routing = if config.routing.enabled {
-            let table = match (&config.routing.config_path, &config.routing.config) {
-                (Some(path), _) => {
-                    RoutingTable::load(path).map_err(|e| format!("routing.config_path: {e}"))?
+        // A route naming an endpoint that is not configured: with a default
+        // endpoint (a URL-only setup, as the original's examples), its
+        // messages go there; without one, nothing could take them.
+        let mut unknown_routed = std::collections::HashSet::new();
+        for (route, name) in routing.iter().flat_map(|t| t.route_endpoints()) {
+            if endpoints.contains_key(&name) {
+                continue;
+            }
+            match &default {
+                Some(d) => {
+                    tracing::warn!(
+                        "routing: {route} names endpoint `{name}`, which is not in proxy.endpoints: its messages go to proxy.default_endpoint `{}`",
+                        config.proxy.default_endpoint.as_deref().unwrap_or(d)
+                    );
+                    unknown_routed.insert(name);
                 }
-                (None, Some(inline)) => serde_json::to_value(inline)
-                    .map_err(|e| e.to_string())
-                    .and_then(RoutingTable::from_value)
-                    .map_err(|e| format!("routing.config: {e}"))?,
-                (None, None) => return Err("routing.config_path: not set".into()),
-            };
-            for name in table.endpoints() {
-                if !endpoints.contains_key(&name) {
+                None => {
                     return Err(format!(
-                        "routing: endpoint `{name}` is not in proxy.endpoints"
-                    ));
+                        "routing: {route} names endpoint `{name}`, which is not in proxy.endpoints (and proxy.default_endpoint is unset)"
+                    ))
                 }
             }
-            Some(table)
-        } else {
-            None
-        };
+        }
         Ok(Proxy {
             endpoints,
             default,
             routing,
+            unknown_routed,
             metrics,
         })
     }
@@ -127,6 +136,7 @@ impl Proxy {
             }
         }
         let name = name
+            .filter(|n| routed.is_none() || !self.unknown_routed.contains(n))
             .or_else(|| self.default.clone())
             .ok_or("no endpoint: the message names none and proxy.default_endpoint is unset")?;
         let (name, endpoint) = self

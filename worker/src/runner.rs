@@ -8,6 +8,7 @@ use crate::callback::CallbackSender;
 use crate::flow::ordering::{KeyOrder, Ticket};
 use crate::processor::{Job, Processor};
 use crate::proxy::{Proxy, ThisAttempt};
+use crate::routing::{RouteError, RoutingTable};
 use crate::work::{Work, WorkBody};
 use openhqm_core::config::Config;
 use openhqm_core::model::{result_json, RequestRecord, Status, StoredResponse};
@@ -40,6 +41,8 @@ pub struct Parts {
     pub proxy: Option<Proxy>,
     /// Used when proxy mode is off.
     pub processor: Arc<dyn Processor>,
+    /// Proxy mode off: the routing table reshapes what the processor gets.
+    pub routing: Option<RoutingTable>,
     pub callbacks: Option<CallbackSender>,
 }
 
@@ -54,6 +57,7 @@ pub struct Worker {
     metrics: Arc<Metrics>,
     proxy: Option<Proxy>,
     processor: Arc<dyn Processor>,
+    routing: Option<RoutingTable>,
     callbacks: Option<CallbackSender>,
     lease: Duration,
     ttl: Duration,
@@ -91,6 +95,7 @@ impl Worker {
             metrics: p.metrics,
             proxy: p.proxy,
             processor: p.processor,
+            routing: p.routing,
             callbacks: p.callbacks,
             order: KeyOrder::default(),
             in_flight: Mutex::new(HashSet::new()),
@@ -221,7 +226,7 @@ impl Worker {
         ticket: Option<Ticket>,
         started: Instant,
     ) -> &'static str {
-        let work = match Work::from_message(
+        let mut work = match Work::from_message(
             &delivery.message,
             self.config.worker.message_format,
             self.requests.name(),
@@ -233,6 +238,18 @@ impl Worker {
                 return "dead_lettered";
             }
         };
+        // `partitioning.*` set on the worker only (as the original's
+        // StatefulSet does): the key still picks the backend instance.
+        if work.partition_key.is_none() && self.config.partitioning.enabled {
+            work.partition_key = self
+                .config
+                .partitioning
+                .key_for(&work.routing_view())
+                .unwrap_or_else(|e| {
+                    tracing::debug!(correlation_id = %work.correlation_id, error = %e, "no partition key");
+                    None
+                });
+        }
         // The consumer span continues the trace the message carries; every
         // log line about the message names its correlation ID.
         let mut trace = TraceSpan::start(
@@ -458,12 +475,42 @@ impl Worker {
     }
 
     async fn run_processor(&self, work: &Work, attempt: u32) -> Attempt {
-        match Job::from_work(work, attempt) {
+        let job = Job::from_work(work, attempt)
+            .map_err(|e| format!("the processor takes JSON: {e}"))
+            .and_then(|job| self.route_job(work, job));
+        match job {
             Ok(job) => self.processor.process(&job).await,
-            Err(e) => Attempt::Fail {
-                error: format!("the processor takes JSON: {e}"),
+            Err(error) => Attempt::Fail {
+                error,
                 response: None,
             },
+        }
+    }
+
+    /// Proxy mode off with a routing table: the matched route's body and
+    /// mapped headers are what the processor gets (its endpoint, method and
+    /// query have nothing to go to). No match and no fallback: unchanged.
+    fn route_job(&self, work: &Work, mut job: Job) -> Result<Job, String> {
+        let Some(table) = &self.routing else {
+            return Ok(job);
+        };
+        if matches!(work.body, WorkBody::Captured(_)) {
+            return Ok(job);
+        }
+        match table.route(&work.routing_view()) {
+            Ok(routed) => {
+                tracing::debug!(
+                    route = routed.route.as_deref().unwrap_or("fallback"),
+                    "routed for the processor"
+                );
+                job.payload = routed.body;
+                for (name, value) in routed.headers {
+                    job.headers.insert(name.to_ascii_lowercase(), value);
+                }
+                Ok(job)
+            }
+            Err(RouteError::NoRoute) => Ok(job),
+            Err(e) => Err(e.to_string()),
         }
     }
 

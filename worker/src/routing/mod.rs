@@ -4,9 +4,10 @@
 //! checked when it loads, so a bad route stops the worker at startup rather
 //! than failing messages one by one.
 //!
-//! Header and query parameter sources are either a dotted path into the
-//! message (`metadata.tenant`, `payload.items.0.id`) or a string template
-//! with `{{dotted.path}}` placeholders. jq is not accepted there.
+//! Header and query parameter sources are a dotted path into the message
+//! (`metadata.tenant`, `payload.items.0.id`), a string template with
+//! `{{dotted.path}}` placeholders, or a jq program (text starting with `.`,
+//! as the original's docs write them; compiled at load, run in-process).
 
 mod transform;
 
@@ -72,6 +73,45 @@ impl RoutingTable {
     pub fn load(path: &Path) -> Result<RoutingTable, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         Self::from_text(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The table `routing.*` configures, loaded at start-up whether or not
+    /// proxy mode is on (as the original): a missing or broken file stops
+    /// the worker with the key named.
+    pub fn from_config(
+        config: &openhqm_core::config::Config,
+    ) -> Result<Option<RoutingTable>, String> {
+        let r = &config.routing;
+        if !r.enabled {
+            return Ok(None);
+        }
+        match (&r.config_path, &r.config) {
+            (Some(path), _) => RoutingTable::load(path)
+                .map(Some)
+                .map_err(|e| format!("routing.config_path: {e}")),
+            (None, Some(inline)) => serde_json::to_value(inline)
+                .map_err(|e| e.to_string())
+                .and_then(RoutingTable::from_value)
+                .map(Some)
+                .map_err(|e| format!("routing.config: {e}")),
+            (None, None) => {
+                Err("routing.config_path: routing is enabled but no table is given".into())
+            }
+        }
+    }
+
+    /// (route name, endpoint) of every enabled route, then ("fallback",
+    /// endpoint) for the fallback, for the start-up check.
+    pub fn route_endpoints(&self) -> Vec<(String, String)> {
+        self.routes
+            .iter()
+            .map(|r| (format!("route `{}`", r.name), r.endpoint.clone()))
+            .chain(
+                self.fallback
+                    .iter()
+                    .map(|e| ("the table's default_endpoint".to_string(), e.clone())),
+            )
+            .collect()
     }
 
     pub fn from_value(value: Value) -> Result<RoutingTable, String> {
@@ -368,6 +408,8 @@ impl Route {
 enum Source {
     Field(String),
     Template(Template),
+    /// jq; its first output (null or none: the header is left out).
+    Jq(Transform),
 }
 
 impl Source {
@@ -377,8 +419,10 @@ impl Source {
             Ok(Source::Template(template))
         } else if text.trim().is_empty() {
             Err("empty source; give a dotted path or a {{template}}".into())
-        } else if text.starts_with('.') {
-            Err(format!("{text:?}: jq is not supported here; give a dotted path (metadata.tenant) or a {{{{template}}}}"))
+        } else if text.trim_start().starts_with('.') {
+            Transform::compile("jq", Some(text))
+                .map(Source::Jq)
+                .map_err(|e| format!("{text:?}: {e}"))
         } else {
             Ok(Source::Field(text.to_string()))
         }
@@ -395,6 +439,11 @@ impl Source {
                 }
                 Some(t.render(|p| lookup(message, p).map(as_text).unwrap_or_default()))
             }
+            // A jq error leaves the header out, as a missing field does.
+            Source::Jq(program) => match program.first(message) {
+                Ok(None | Some(Value::Null)) | Err(_) => None,
+                Ok(Some(v)) => Some(as_text(&v)),
+            },
         }
     }
 }

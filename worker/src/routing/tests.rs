@@ -331,9 +331,10 @@ fn load_errors_name_the_route_and_key() {
     );
     let e = load_error("routes: [{name: m, endpoint: e, method: 'GE T'}]");
     assert!(e.starts_with("routes[0] (m).method:"), "{e}");
-    let e = load_error("routes: [{name: h, endpoint: e, header_mappings: {X-A: .metadata.x}}]");
+    // A jq mapping that does not compile names the route and the mapping.
+    let e = load_error("routes: [{name: h, endpoint: e, header_mappings: {X-A: '.metadata.x |'}}]");
     assert!(
-        e.starts_with("routes[0] (h).header_mappings: X-A: \".metadata.x\": jq is not supported"),
+        e.starts_with("routes[0] (h).header_mappings: X-A: \".metadata.x |\": jq does not compile"),
         "{e}"
     );
     let e = load_error("routes: [{name: h, endpoint: e, header_mappings: {'bad header': a}}]");
@@ -388,4 +389,61 @@ fn example_file_loads_and_routes() {
     legacy["metadata"]["type"] = json!("legacy.request");
     assert_eq!(t.route(&legacy).unwrap().route.as_deref(), Some("default"));
     assert!(!t.endpoints().contains(&"legacy-service".to_string()));
+}
+
+/// The original's docs write header mappings as jq (`.payload.x`); they
+/// run as jq here, compiled at load (our routing-table fixture's shape).
+#[test]
+fn jq_header_mappings_run() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/original/routing-table.yaml");
+    let table = RoutingTable::load(&path).unwrap();
+    let m = json!({
+        "correlation_id": "c-1",
+        "payload": {"id": "cart-9", "items": [1, 2, 3]},
+        "metadata": {"type": "cart", "session_id": "s-7"},
+        "headers": {},
+    });
+    let r = table.route(&m).unwrap();
+    assert_eq!(r.route.as_deref(), Some("cart"));
+    assert_eq!(r.body, json!({"cart_id": "cart-9", "count": 3}));
+    let headers: BTreeMap<_, _> = r.headers.into_iter().collect();
+    assert_eq!(headers["X-Cart-Size"], "3");
+    assert_eq!(headers["X-Session-ID"], "s-7");
+    assert_eq!(headers["X-Request-ID"], "c-1");
+    assert_eq!(
+        r.query,
+        vec![("idempotency_key".to_string(), "c-1".to_string())]
+    );
+    // `empty` or null output leaves the header out.
+    let t = RoutingTable::from_text(
+        "routes: [{name: a, endpoint: e, header_mappings: {X-E: '.payload | empty', X-N: .payload.none}}]",
+    )
+    .unwrap();
+    assert!(t.route(&m).unwrap().headers.is_empty());
+}
+
+/// The ported StatefulSet (deploy/kubernetes/original/): its ConfigMap's
+/// routing.yaml loads and names only endpoints its env defines.
+#[test]
+fn the_ported_routing_configmap_loads() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/kubernetes/original/routing-statefulset.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut docs = text.split("\n---");
+    let cm: Value = yaml_serde::from_str(docs.next().unwrap()).unwrap();
+    let table = RoutingTable::from_text(cm["data"]["routing.yaml"].as_str().unwrap()).unwrap();
+    let sts: Value = yaml_serde::from_str(docs.next().unwrap()).unwrap();
+    let env = &sts["spec"]["template"]["spec"]["containers"][0]["env"];
+    let endpoints = env
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "OPENHQM_PROXY__ENDPOINTS")
+        .and_then(|e| e["value"].as_str())
+        .unwrap();
+    let endpoints: Value = serde_json::from_str(endpoints).unwrap();
+    for name in table.endpoints() {
+        assert!(endpoints.get(&name).is_some(), "{name} is not defined");
+    }
 }

@@ -51,6 +51,14 @@ impl Transform {
         }
     }
 
+    /// A jq program's first output (None for `empty`); other kinds: `apply`.
+    pub fn first(&self, message: &Value) -> Result<Option<Value>, String> {
+        match self {
+            Transform::Jq(filter) => run_jq_first(filter, message),
+            other => other.apply(message).map(Some),
+        }
+    }
+
     pub fn apply(&self, message: &Value) -> Result<Value, String> {
         match self {
             Transform::Passthrough => Ok(passthrough(message)),
@@ -148,11 +156,19 @@ fn load_error(e: load::Error<&str>) -> String {
 }
 
 fn run_jq(filter: &jaq_core::Filter<JustLut<Val>>, message: &Value) -> Result<Value, String> {
+    Ok(run_jq_first(filter, message)?.unwrap_or_else(|| Value::Object(Map::new())))
+}
+
+/// The program's first output; None when it has none (`empty`).
+fn run_jq_first(
+    filter: &jaq_core::Filter<JustLut<Val>>,
+    message: &Value,
+) -> Result<Option<Value>, String> {
     let ctx = Ctx::<JustLut<Val>>::new(&filter.lut, Vars::new([]));
     // Not `jaq_core::unwrap_valr`: it exits the process on `halt`.
     match filter.id.run((ctx, to_val(message))).next() {
-        None => Ok(Value::Object(Map::new())),
-        Some(Ok(v)) => Ok(from_val(&v)),
+        None => Ok(None),
+        Some(Ok(v)) => Ok(Some(from_val(&v))),
         Some(Err(exn)) => Err(match exn.get_err() {
             Ok(e) => format!("jq: {e}"),
             Err(exn) => match exn.get_halt() {
