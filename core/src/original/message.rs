@@ -89,8 +89,8 @@ fn to_envelope(mut m: Map<String, Value>) -> Result<Envelope, String> {
 }
 
 /// The original's `RequestMetadata.model_dump()`: unset fields are `null`
-/// (our metadata takes its integer `priority` as it is); `retry_count` and
-/// anything else stay in `extra`.
+/// (our metadata takes its integer `priority` as it is); `timeout` is
+/// dropped; `retry_count` and anything else stay in `extra`.
 fn metadata(raw: Option<Value>) -> Result<Metadata, String> {
     let mut m = match raw {
         None | Some(Value::Null) => return Ok(Metadata::default()),
@@ -102,6 +102,9 @@ fn metadata(raw: Option<Value>) -> Result<Metadata, String> {
         }
     };
     m.retain(|_, v| !v.is_null());
+    // The original's API always sent `timeout` (300 by default) and its
+    // worker never read it; as our deadline it would expire an old backlog.
+    m.remove("timeout");
     serde_json::from_value(Value::Object(m)).map_err(|e| format!("original message: metadata: {e}"))
 }
 
@@ -171,7 +174,8 @@ mod tests {
         assert_eq!(env.payload.unwrap()["data"], "Hello World");
         assert_eq!(env.headers["Authorization"], "Bearer token123");
         assert_eq!(serde_json::to_value(&env.metadata).unwrap()["priority"], 5);
-        assert_eq!(env.metadata.timeout, Some(300));
+        // Never enforced by the original: no deadline for its backlog.
+        assert_eq!(env.metadata.timeout, None);
         assert_eq!(env.metadata.endpoint.as_deref(), Some("api-service"));
         assert_eq!(env.metadata.method, None);
         assert_eq!(env.metadata.extra["retry_count"], 0);
