@@ -28,6 +28,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
+        openhqm_core::build_info::register(&registry);
         let http_in_flight = IntGauge::new(
             "openhqm_http_in_flight",
             "HTTP requests the bridge is serving now (waits included)",

@@ -1,6 +1,7 @@
 //! OpenHQM's shared library: configuration, the message envelope, the queue
 //! and result-store contracts with their backends, and the retry policy.
 
+pub mod build_info;
 pub mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -168,7 +169,7 @@ pub fn load_program_or_exit(program: &str, commands: &[&str], help: &str) -> (Co
             std::process::exit(0);
         }
         Ok(Args::Version) => {
-            println!("{program} {}", env!("CARGO_PKG_VERSION"));
+            println!("{}", build_info::version_line(program));
             std::process::exit(0);
         }
         Err(msg) => exit_usage(program, &msg),

@@ -513,6 +513,7 @@ async fn metrics_pages_pass_promtool_and_match_the_documented_table() {
     check_metrics_page(
         &bridge,
         &[
+            "openhqm_build_info",
             "openhqm_http_requests_total",
             "openhqm_http_in_flight",
             "openhqm_requests_accepted_total",
@@ -525,6 +526,7 @@ async fn metrics_pages_pass_promtool_and_match_the_documented_table() {
     check_metrics_page(
         &worker,
         &[
+            "openhqm_build_info",
             "openhqm_worker_active",
             "openhqm_worker_messages_total",
             "openhqm_worker_errors_total",
@@ -561,4 +563,83 @@ where
     D: std::future::Future<Output = ()>,
 {
     tokio::join!(a, b, c, d);
+}
+
+/// `openhqm_build_info{version,revision,backends}` as one scrape shows it.
+fn build_info_labels(page: &str) -> (String, String, String) {
+    let line = page
+        .lines()
+        .find(|l| l.starts_with("openhqm_build_info{"))
+        .unwrap_or_else(|| panic!("no openhqm_build_info in:\n{page}"));
+    assert!(line.ends_with("} 1"), "{line}");
+    let label = |k: &str| {
+        let start = line
+            .find(&format!("{k}=\""))
+            .unwrap_or_else(|| panic!("{k}: {line}"))
+            + k.len()
+            + 2;
+        line[start..start + line[start..].find('"').unwrap()].to_string()
+    };
+    (label("version"), label("revision"), label("backends"))
+}
+
+/// What `PROGRAM --version` prints, checked against its shape.
+fn version_output(program: &str) -> String {
+    let out = std::process::Command::new(openhqm_e2e::bin(program))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{program} --version: {out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 1, "{program}: {text}");
+    text.trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_info_on_every_metrics_page_matches_what_version_prints() {
+    let mut stack = Stack::new("build-info");
+    stack.start_app(0).await;
+    stack.start_bridge().await;
+    stack.start_worker();
+    stack.wait_worker_ready(0).await;
+    let bridge_page = client()
+        .get(format!("{}/metrics", stack.bridge_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (version, revision, backends) = build_info_labels(&bridge_page);
+    assert_eq!(
+        build_info_labels(&stack.worker_metrics(0).await),
+        (version.clone(), revision.clone(), backends.clone()),
+        "bridge and worker of one build say the same"
+    );
+    assert_eq!(version, env!("CARGO_PKG_VERSION"));
+    // The test binaries are built with every backend.
+    assert_eq!(backends, "embedded,redis,mqtt");
+    // The revision is the checkout's, unless the build was told otherwise.
+    if std::env::var_os("OPENHQM_REVISION").is_none() {
+        if let Ok(out) = std::process::Command::new("git")
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .current_dir(repo_root())
+            .output()
+        {
+            if out.status.success() {
+                assert_eq!(revision, String::from_utf8_lossy(&out.stdout).trim());
+            }
+        }
+    }
+    assert!(!revision.is_empty() && !revision.contains(' '));
+    for program in ["openhqm-bridge", "openhqm-worker"] {
+        assert_eq!(
+            version_output(program),
+            format!("{program} {version} (revision {revision}, backends {backends})")
+        );
+    }
+    assert_eq!(
+        version_output("openhqm-sample-app"),
+        format!("openhqm-sample-app {version} (revision {revision})")
+    );
 }

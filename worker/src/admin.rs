@@ -48,6 +48,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
+        openhqm_core::build_info::register(&registry);
         let active = IntGauge::new("openhqm_worker_active", "Messages being processed")
             .expect("valid metric");
         registry
