@@ -13,26 +13,31 @@ const RESULT_WAIT: Duration = Duration::from_secs(60);
 const INBOUND_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const INBOUND_SPAN: &str = "00f067aa0ba902b7";
 
-/// Start the OTLP test receiver and point the stack's bridge and workers at
-/// it; its base URL.
-async fn start_receiver(stack: &mut Stack) -> String {
+/// Start the OTLP test receiver on `port` with `args` (TLS, a required
+/// header); `control` is the plain-HTTP URL its GETs answer on.
+async fn spawn_receiver(stack: &mut Stack, port: u16, control: &str, args: &[&str]) {
     let python = repo_root().join("target/tools/test-venv/bin/python");
     assert!(
         python.exists(),
         "{} is missing: run deploy/local/ensure-tools.sh (make test does)",
         python.display()
     );
-    let port = free_port();
     let script = repo_root().join("tests/otlp-receiver/receiver.py");
-    let p = stack.spawn(
-        "otlp-receiver",
-        &python,
-        &[&script.to_string_lossy(), &port.to_string()],
-        &[],
-    );
+    let port = port.to_string();
+    let mut all = vec![script.to_string_lossy().to_string(), port];
+    all.extend(args.iter().map(|a| a.to_string()));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    let p = stack.spawn("otlp-receiver", &python, &all, &[]);
     stack.keep(p);
+    wait_ready(&format!("{control}/spans"), Duration::from_secs(20)).await;
+}
+
+/// Start the OTLP test receiver and point the stack's bridge and workers at
+/// it; its base URL.
+async fn start_receiver(stack: &mut Stack) -> String {
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    wait_ready(&format!("{url}/spans"), Duration::from_secs(20)).await;
+    spawn_receiver(stack, port, &url, &[]).await;
     stack.set("OPENHQM_MONITORING__OTLP_ENDPOINT", &url);
     url
 }
@@ -143,6 +148,11 @@ async fn one_trace_runs_from_the_submit_api_through_the_queue_to_the_backend_cal
     // The client's span is the root's parent; then one chain across the queue.
     assert_eq!(server["parentSpanId"], INBOUND_SPAN);
     assert_eq!(server["service"], "openhqm-bridge");
+    assert_eq!(
+        server["encoding"], "protobuf",
+        "the SDK's OTLP/HTTP protobuf"
+    );
+    assert_eq!(process["encoding"], "protobuf");
     assert_eq!(server["kind"], 2, "SERVER");
     assert_eq!(server["attributes"]["openhqm.correlation_id"], id.as_str());
     assert_eq!(server["attributes"]["http.response.status_code"], 202);
@@ -205,6 +215,11 @@ async fn one_trace_runs_from_the_filter_in_envoy_through_bridge_queue_and_worker
     let process = by_service("openhqm-worker", "process openhqm-requests");
     let call = by_service("openhqm-worker", "POST app");
     assert_eq!(filter["parentSpanId"], INBOUND_SPAN);
+    assert_eq!(
+        filter["encoding"], "json",
+        "the filter keeps its own encoder"
+    );
+    assert_eq!(bridge["encoding"], "protobuf");
     assert_eq!(filter["attributes"]["openhqm.correlation_id"], id.as_str());
     assert_eq!(filter["attributes"]["http.response.status_code"], 202);
     assert_child(&bridge, &filter);
@@ -514,6 +529,8 @@ async fn metrics_pages_pass_promtool_and_match_the_documented_table() {
         &bridge,
         &[
             "openhqm_build_info",
+            "openhqm_spans_exported_total",
+            "openhqm_spans_dropped_total",
             "openhqm_http_requests_total",
             "openhqm_http_in_flight",
             "openhqm_requests_accepted_total",
@@ -527,6 +544,8 @@ async fn metrics_pages_pass_promtool_and_match_the_documented_table() {
         &worker,
         &[
             "openhqm_build_info",
+            "openhqm_spans_exported_total",
+            "openhqm_spans_dropped_total",
             "openhqm_worker_active",
             "openhqm_worker_messages_total",
             "openhqm_worker_errors_total",
@@ -642,4 +661,272 @@ async fn build_info_on_every_metrics_page_matches_what_version_prints() {
         version_output("openhqm-sample-app"),
         format!("openhqm-sample-app {version} (revision {revision})")
     );
+}
+
+/// A CA and a server certificate for 127.0.0.1 made with the openssl CLI
+/// (rustls refuses a self-signed CA certificate as a server's own): the
+/// CA's path, the server's certificate and key.
+fn make_certificates(dir: &std::path::Path) -> (String, String, String) {
+    let p = |f: &str| dir.join(f).to_string_lossy().to_string();
+    let ext = dir.join("server.ext");
+    std::fs::write(
+        &ext,
+        "basicConstraints=critical,CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("the openssl CLI");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=openhqm test CA",
+        "-keyout",
+        &p("ca.key"),
+        "-out",
+        &p("ca.pem"),
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &p("server.key"),
+        "-out",
+        &p("server.csr"),
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("server.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &p("server.ext"),
+        "-out",
+        &p("server.pem"),
+    ]);
+    (p("ca.pem"), p("server.pem"), p("server.key"))
+}
+
+/// The value of an unlabelled counter on a metrics page.
+fn counter_value(page: &str, name: &str) -> u64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in:\n{page}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_a_collector_over_tls_with_an_auth_header_and_are_counted() {
+    let mut stack = Stack::new("trace-tls");
+    let (ca, cert, key) = make_certificates(&stack.dir);
+    const TOKEN: &str = "tok-9d1e-secret";
+    let (port, control_port) = (free_port(), free_port());
+    let control = format!("http://127.0.0.1:{control_port}");
+    let auth = format!("authorization=Bearer {TOKEN}");
+    spawn_receiver(
+        &mut stack,
+        port,
+        &control,
+        &[
+            "--tls",
+            &cert,
+            &key,
+            "--require-header",
+            &auth,
+            "--control-port",
+            &control_port.to_string(),
+        ],
+    )
+    .await;
+    // Only the standard variables; the header value percent-encoded as the
+    // specification has it.
+    stack.set(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        &format!("https://127.0.0.1:{port}"),
+    );
+    stack.set(
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        &format!("authorization=Bearer%20{TOKEN}"),
+    );
+    stack.set("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca);
+    stack.set("OTEL_EXPORTER_OTLP_TIMEOUT", "5000");
+    stack.set(
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "deployment.environment.name=e2e",
+    );
+    stack.start_app(0).await;
+    let bridge = stack.start_bridge().await;
+    let worker = stack.start_worker();
+    stack.wait_worker_ready(0).await;
+    let inbound = format!("00-{INBOUND_TRACE}-{INBOUND_SPAN}-01");
+    let r = client()
+        .post(format!("{}/api/v1/submit", stack.bridge_url()))
+        .header("traceparent", &inbound)
+        .json(&json!({"payload": {"item": "tls"}, "metadata": {"endpoint": "orders"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let location = header(&r, "location").unwrap();
+    let result = await_result(&stack.bridge_url(), &location, RESULT_WAIT).await;
+    assert_eq!(result["status"], "COMPLETED", "{result}");
+    let spans = spans_of(
+        &control,
+        INBOUND_TRACE,
+        &["POST /api/v1/submit", "POST orders"],
+    )
+    .await;
+    let services: BTreeSet<&str> = spans.iter().filter_map(|s| s["service"].as_str()).collect();
+    assert_eq!(
+        services,
+        BTreeSet::from(["openhqm-bridge", "openhqm-worker"])
+    );
+    assert_eq!(
+        get_json(&format!("{control}/errors")).await,
+        json!([]),
+        "authorized, valid exports"
+    );
+    // Counted on both /metrics pages, nothing dropped.
+    let bridge_page = client()
+        .get(format!("{}/metrics", stack.bridge_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        counter_value(&bridge_page, "openhqm_spans_exported_total") >= 2,
+        "{bridge_page}"
+    );
+    assert_eq!(
+        counter_value(&bridge_page, "openhqm_spans_dropped_total"),
+        0
+    );
+    let worker_page = stack.worker_metrics(0).await;
+    assert!(
+        counter_value(&worker_page, "openhqm_spans_exported_total") >= 2,
+        "{worker_page}"
+    );
+    assert_eq!(
+        counter_value(&worker_page, "openhqm_spans_dropped_total"),
+        0
+    );
+    for i in [bridge, worker] {
+        let text = stack.proc(i).log_text();
+        assert!(
+            !text.contains(TOKEN),
+            "the auth header leaked into a log:\n{text}"
+        );
+        assert!(text.contains("exporting traces"), "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_a_collector_refuses_are_counted_as_dropped() {
+    let mut stack = Stack::new("trace-dropped");
+    let (port, control) = (free_port(), free_port());
+    spawn_receiver(
+        &mut stack,
+        port,
+        &format!("http://127.0.0.1:{port}"),
+        &[
+            "--require-header",
+            "authorization=Bearer right",
+            "--control-port",
+            &control.to_string(),
+        ],
+    )
+    .await;
+    stack.set(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        &format!("http://127.0.0.1:{port}/v1/traces"),
+    );
+    stack.set("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer wrong");
+    stack.start_app(0).await;
+    stack.start_bridge().await;
+    let r = client()
+        .post(format!("{}/api/v1/submit", stack.bridge_url()))
+        .json(&json!({"payload": {}, "metadata": {"endpoint": "orders"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let page = client()
+            .get(format!("{}/metrics", stack.bridge_url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if counter_value(&page, "openhqm_spans_dropped_total") >= 2 {
+            assert_eq!(counter_value(&page, "openhqm_spans_exported_total"), 0);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no drop counted:\n{page}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_otel_variable_stops_start_up_naming_it() {
+    for (var, value) in [
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "ten"),
+        ("OTEL_TRACES_SAMPLER", "sometimes"),
+        ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "authorization"),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/no/such/ca.pem"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
+    ] {
+        for program in ["openhqm-bridge", "openhqm-worker"] {
+            let mut stack = Stack::new("otel-invalid");
+            stack.set("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318");
+            if var == "OTEL_TRACES_SAMPLER_ARG" {
+                stack.set("OTEL_TRACES_SAMPLER", "traceidratio");
+            }
+            stack.set(var, value);
+            let mut p = stack.spawn(program, &openhqm_e2e::bin(program), &[], &[]);
+            let status = p.wait_exit(Duration::from_secs(20)).expect("exits");
+            let text = p.log_text();
+            assert_eq!(status.code(), Some(2), "{program} {var}={value}: {text}");
+            assert!(
+                text.contains(&format!("{var}: ")),
+                "{program} {var}={value}: {text}"
+            );
+        }
+    }
 }
