@@ -238,14 +238,91 @@ impl TraceSpan {
         }
     }
 
+    /// The messaging semantic conventions of a `send` (bridge) or `process`
+    /// (worker) span: the message ID is the request's correlation ID.
+    pub fn messaging(
+        &mut self,
+        system: &str,
+        operation: &'static str,
+        destination: &str,
+        correlation_id: &str,
+    ) {
+        self.attr("messaging.system", system.to_string());
+        self.attr("messaging.operation.type", operation);
+        self.attr("messaging.operation.name", operation);
+        self.attr("messaging.destination.name", destination.to_string());
+        self.attr("messaging.message.id", correlation_id.to_string());
+    }
+
+    /// `server.address` and `server.port` from a `Host` / `:authority`
+    /// value (`host[:port]`, `[v6]:port`).
+    pub fn server_authority(&mut self, authority: &str, default_port: u16) {
+        let (host, port) = split_authority(authority, default_port);
+        if !host.is_empty() {
+            self.attr("server.address", host.to_string());
+            self.attr("server.port", i64::from(port));
+        }
+    }
+
     /// End the span now (dropping it does the same: the SDK's span ends
     /// when dropped).
     pub fn end(self) {}
 }
 
+/// `messaging.system` of a queue backend: its `queue.type` word (`redis`,
+/// `mqtt`, `embedded`, or a custom backend's registered name). The
+/// conventions' list of well-known systems has none of these; they allow a
+/// custom value for a system not on it.
+pub fn messaging_system(q: &crate::config::QueueConfig) -> String {
+    match (q.kind, q.custom_class.as_deref()) {
+        (crate::config::QueueType::Custom, Some(name)) if !name.is_empty() => name.to_string(),
+        (kind, _) => kind.as_str().to_string(),
+    }
+}
+
+fn split_authority(authority: &str, default_port: u16) -> (&str, u16) {
+    let authority = authority.trim();
+    if let Some(rest) = authority.strip_prefix('[') {
+        if let Some((host, tail)) = rest.split_once(']') {
+            let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
+            return (host, port.unwrap_or(default_port));
+        }
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h, p.parse().unwrap_or(default_port)),
+        _ => (authority, default_port),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messaging_system_is_the_queue_type_or_the_custom_backend() {
+        use crate::config::{QueueConfig, QueueType};
+        let mut q = QueueConfig::default();
+        for (kind, word) in [
+            (QueueType::Embedded, "embedded"),
+            (QueueType::Redis, "redis"),
+            (QueueType::Mqtt, "mqtt"),
+        ] {
+            q.kind = kind;
+            assert_eq!(messaging_system(&q), word);
+        }
+        q.kind = QueueType::Custom;
+        q.custom_class = Some("nats".into());
+        assert_eq!(messaging_system(&q), "nats");
+    }
+
+    #[test]
+    fn authorities_split_into_address_and_port() {
+        assert_eq!(split_authority("bridge:8000", 80), ("bridge", 8000));
+        assert_eq!(split_authority("example.com", 443), ("example.com", 443));
+        assert_eq!(split_authority("[::1]:9", 80), ("::1", 9));
+        assert_eq!(split_authority("[::1]", 80), ("::1", 80));
+        assert_eq!(split_authority("h:notaport", 80), ("h", 80));
+    }
 
     #[test]
     fn without_an_exporter_the_inbound_traceparent_passes_unchanged() {

@@ -135,14 +135,14 @@ async fn one_trace_runs_from_the_submit_api_through_the_queue_to_the_backend_cal
         INBOUND_TRACE,
         &[
             "POST /api/v1/submit",
-            &format!("publish {queue}"),
+            &format!("send {queue}"),
             &format!("process {queue}"),
             "POST orders",
         ],
     )
     .await;
     let server = span(&spans, "POST /api/v1/submit");
-    let publish = span(&spans, &format!("publish {queue}"));
+    let publish = span(&spans, &format!("send {queue}"));
     let process = span(&spans, &format!("process {queue}"));
     let call = span(&spans, "POST orders");
     // The client's span is the root's parent; then one chain across the queue.
@@ -156,14 +156,46 @@ async fn one_trace_runs_from_the_submit_api_through_the_queue_to_the_backend_cal
     assert_eq!(server["kind"], 2, "SERVER");
     assert_eq!(server["attributes"]["openhqm.correlation_id"], id.as_str());
     assert_eq!(server["attributes"]["http.response.status_code"], 202);
+    // HTTP semantic conventions on the server span.
+    let sa = &server["attributes"];
+    assert_eq!(sa["http.request.method"], "POST");
+    assert_eq!(sa["http.route"], "/api/v1/submit");
+    assert_eq!(sa["url.path"], "/api/v1/submit");
+    assert_eq!(sa["url.scheme"], "http");
+    assert_eq!(sa["server.address"], "127.0.0.1");
+    assert_eq!(sa["server.port"], i64::from(stack.bridge_port));
     assert_child(publish, server);
     assert_eq!(publish["kind"], 4, "PRODUCER");
+    // Messaging semantic conventions: send on the bridge, process on the
+    // worker, the correlation ID as the message ID.
+    for (s, operation) in [(publish, "send"), (process, "process")] {
+        let a = &s["attributes"];
+        assert_eq!(a["messaging.system"], "embedded", "{s}");
+        assert_eq!(a["messaging.operation.type"], operation, "{s}");
+        assert_eq!(a["messaging.operation.name"], operation, "{s}");
+        assert_eq!(a["messaging.destination.name"], queue, "{s}");
+        assert_eq!(a["messaging.message.id"], id.as_str(), "{s}");
+    }
     assert_child(process, publish);
     assert_eq!(process["service"], "openhqm-worker");
     assert_eq!(process["kind"], 5, "CONSUMER");
     assert_child(call, process);
     assert_eq!(call["kind"], 3, "CLIENT");
-    assert_eq!(call["attributes"]["http.response.status_code"], 201);
+    // HTTP semantic conventions on the client span.
+    let ca = &call["attributes"];
+    assert_eq!(ca["http.response.status_code"], 201);
+    assert_eq!(ca["http.request.method"], "POST");
+    assert_eq!(ca["server.address"], "127.0.0.1");
+    assert_eq!(ca["server.port"], i64::from(stack.app_port));
+    assert_eq!(ca["url.scheme"], "http");
+    assert!(
+        ca["url.full"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("http://127.0.0.1:{}/", stack.app_port)),
+        "{call}"
+    );
+    assert!(ca.get("error.type").is_none(), "{call}");
     assert_backend_parent_and_valid_exports(&result, call, &receiver).await;
 }
 
@@ -196,7 +228,7 @@ async fn one_trace_runs_from_the_filter_in_envoy_through_bridge_queue_and_worker
         INBOUND_TRACE,
         &[
             "capture create-order",
-            "publish openhqm-requests",
+            "send openhqm-requests",
             "process openhqm-requests",
             "POST app",
         ],
@@ -211,7 +243,7 @@ async fn one_trace_runs_from_the_filter_in_envoy_through_bridge_queue_and_worker
     };
     let filter = by_service("openhqm-filter", "capture create-order");
     let bridge = by_service("openhqm-bridge", "capture create-order");
-    let publish = by_service("openhqm-bridge", "publish openhqm-requests");
+    let publish = by_service("openhqm-bridge", "send openhqm-requests");
     let process = by_service("openhqm-worker", "process openhqm-requests");
     let call = by_service("openhqm-worker", "POST app");
     assert_eq!(filter["parentSpanId"], INBOUND_SPAN);
@@ -223,6 +255,9 @@ async fn one_trace_runs_from_the_filter_in_envoy_through_bridge_queue_and_worker
     assert_eq!(filter["attributes"]["openhqm.correlation_id"], id.as_str());
     assert_eq!(filter["attributes"]["http.response.status_code"], 202);
     assert_child(&bridge, &filter);
+    assert_eq!(bridge["attributes"]["url.path"], "/orders");
+    assert_eq!(bridge["attributes"]["http.request.method"], "POST");
+    assert_eq!(publish["attributes"]["messaging.message.id"], id.as_str());
     assert_child(&publish, &bridge);
     assert_child(&process, &publish);
     assert_child(&call, &process);
@@ -287,6 +322,7 @@ async fn an_untraced_request_starts_a_trace_and_a_failing_call_is_marked_as_an_e
     for c in calls {
         assert_eq!(c["status"]["code"], 2, "ERROR: {c}");
         assert_eq!(c["attributes"]["http.response.status_code"], 500);
+        assert_eq!(c["attributes"]["error.type"], "500");
     }
 }
 
