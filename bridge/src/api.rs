@@ -128,8 +128,14 @@ pub async fn submit(
         SpanKind::Server,
         header_str(&headers, "traceparent").as_deref(),
     );
+    // HTTP semantic conventions of a server span.
     trace.attr("http.request.method", "POST");
     trace.attr("http.route", "/api/v1/submit");
+    trace.attr("url.path", "/api/v1/submit");
+    trace.attr("url.scheme", "http");
+    if let Some(host) = header_str(&headers, "host") {
+        trace.server_authority(&host, 80);
+    }
     let envelope = Envelope {
         version: ENVELOPE_VERSION,
         correlation_id: uuid::Uuid::new_v4().to_string(),
@@ -295,6 +301,13 @@ pub async fn capture(
         traceparent.as_deref(),
     );
     trace.attr("http.request.method", meta.method.clone());
+    // The client's request as the filter captured it (no route template:
+    // the filter's route is a name, in openhqm.route).
+    trace.attr("url.path", meta.path.clone());
+    trace.attr("url.scheme", "http");
+    if let Some(authority) = &meta.authority {
+        trace.server_authority(authority, 80);
+    }
     trace.attr("openhqm.route", route);
     let answer = capture_parsed(&state, &meta, body, &mut trace).await;
     record_status(&mut trace, &answer);
@@ -547,13 +560,18 @@ async fn make_durable(
     let queue_name = state.requests.name().to_string();
     // The message carries the publish span's context: the worker's span is
     // its child.
+    // Messaging semantic conventions: `send <destination>`, PRODUCER.
     let mut publish = TraceSpan::start(
-        format!("publish {queue_name}"),
+        format!("send {queue_name}"),
         SpanKind::Producer,
         traceparent.as_deref(),
     );
-    publish.attr("messaging.destination.name", queue_name.clone());
-    publish.attr("messaging.message.id", id.clone());
+    publish.messaging(
+        &openhqm_core::telemetry::messaging_system(&state.config.queue),
+        "send",
+        &queue_name,
+        &id,
+    );
     envelope.traceparent = publish.traceparent().map(str::to_string);
     let message = Message {
         id: id.clone(),

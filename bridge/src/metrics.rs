@@ -28,6 +28,8 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
+        openhqm_core::build_info::register(&registry);
+        openhqm_core::telemetry::register_span_metrics(&registry);
         let http_in_flight = IntGauge::new(
             "openhqm_http_in_flight",
             "HTTP requests the bridge is serving now (waits included)",

@@ -577,12 +577,15 @@ pub struct MonitoringConfig {
     pub metrics_enabled: bool,
     pub log_level: String,
     pub log_format: LogFormat,
-    /// OTLP/HTTP collector for traces, e.g. `http://127.0.0.1:4318` (spans
-    /// go to `<endpoint>/v1/traces`). Unset: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
-    /// or `OTEL_EXPORTER_OTLP_ENDPOINT`; none of them: no traces.
+    /// OTLP/HTTP collector for traces, e.g. `http://127.0.0.1:4318` or
+    /// `https://collector:4318` (spans go to `<endpoint>/v1/traces`). Unset:
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`;
+    /// none of them: no traces. The other `OTEL_*` variables are in
+    /// docs/operations.md#traces.
     pub otlp_endpoint: Option<String>,
     /// Share of new traces recorded (0.0 to 1.0); a request that arrives
-    /// with a `traceparent` follows its sampled flag instead.
+    /// with a `traceparent` follows its sampled flag instead. Ignored when
+    /// `OTEL_TRACES_SAMPLER` is set.
     pub trace_sample_ratio: f64,
     /// `service.name` of the spans; default the program's name (or `OTEL_SERVICE_NAME`).
     pub service_name: Option<String>,
@@ -1053,7 +1056,7 @@ impl Config {
             ));
         }
         if let Some(url) = &self.monitoring.otlp_endpoint {
-            crate::telemetry::OtlpTarget::parse(url)
+            crate::telemetry::parse_endpoint(url, true)
                 .map_err(|e| ConfigError::new("monitoring.otlp_endpoint", e))?;
         }
         Ok(())

@@ -1,6 +1,7 @@
 //! OpenHQM's shared library: configuration, the message envelope, the queue
 //! and result-store contracts with their backends, and the retry policy.
 
+pub mod build_info;
 pub mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -208,7 +209,7 @@ fn load_args_or_exit(
             std::process::exit(0);
         }
         Ok(Args::Version) => {
-            println!("{program} {}", env!("CARGO_PKG_VERSION"));
+            println!("{}", build_info::version_line(program));
             std::process::exit(0);
         }
         Err(msg) => exit_usage(program, &msg),

@@ -67,7 +67,9 @@ where
     let monitoring = config.monitoring.clone();
     runtime.block_on(async move {
         if serving {
-            crate::telemetry::start_tracing(&monitoring, program);
+            if let Err(e) = crate::telemetry::start_tracing(&monitoring, program) {
+                fail(program, e);
+            }
         }
         body(config, command).await;
         crate::telemetry::flush_tracing().await;

@@ -6,21 +6,32 @@
 //! every line about the request names it; bodies and header values are never
 //! logged.
 //!
-//! Traces: with `monitoring.otlp_endpoint` set, [`TraceSpan`]s are batched
-//! and posted as OTLP/HTTP JSON to `<endpoint>/v1/traces` by one background
-//! task. The W3C `traceparent` links the spans of one request across the
-//! filter, the bridge, the queue (it travels in the envelope), the worker and
-//! the backend call. Without an endpoint, spans cost nothing and the inbound
-//! `traceparent` is passed along unchanged.
+//! Traces: with an OTLP endpoint configured (`monitoring.otlp_endpoint` or
+//! the standard `OTEL_EXPORTER_OTLP_*` variables, see [`settings`]),
+//! [`TraceSpan`]s are recorded by the OpenTelemetry SDK and exported over
+//! OTLP/HTTP (protobuf, TLS when the URL is https) by its batch processor.
+//! The W3C `traceparent` links the spans of one request across the filter,
+//! the bridge, the queue (it travels in the envelope), the worker and the
+//! backend call; it is read and written by `openhqm_trace::TraceContext`,
+//! the same code the Wasm filter runs. Without an endpoint, spans cost
+//! nothing and the inbound `traceparent` is passed along unchanged.
+
+mod export;
+pub mod settings;
 
 use crate::config::{LogFormat, MonitoringConfig};
-use openhqm_trace::{encode_export_request, AttrValue, Span, SpanId, SpanKind, SpanStatus};
-use openhqm_trace::{TraceContext, TraceId};
+use openhqm_trace::{AttrValue, SpanId, SpanKind, TraceContext, TraceId};
+use opentelemetry::trace::{
+    Span as _, SpanContext, Status, TraceContextExt, TraceFlags, TraceState, Tracer as _,
+};
+use opentelemetry::{Context, InstrumentationScope, KeyValue, Value};
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use std::time::Duration;
 use tracing_subscriber::EnvFilter;
+
+pub use export::QUEUE_CAPACITY;
+pub use settings::parse_endpoint;
 
 pub fn init_logging(m: &MonitoringConfig) {
     let level = match m.log_level.to_ascii_lowercase().as_str() {
@@ -62,239 +73,97 @@ pub fn init_logging(m: &MonitoringConfig) {
     };
 }
 
-/// Where spans are posted: plain HTTP to a collector (an OpenTelemetry
-/// Collector agent or sidecar, which can forward over TLS).
-#[derive(Debug, Clone, PartialEq)]
-pub struct OtlpTarget {
-    pub host: String,
-    pub port: u16,
-    pub path: String,
+/// How long the final flush may take before the program exits anyway.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Tracing {
+    provider: SdkTracerProvider,
+    tracer: SdkTracer,
 }
 
-impl OtlpTarget {
-    /// `http://host[:port][/base]`; the path `/v1/traces` is appended unless
-    /// the URL already ends with it.
-    pub fn parse(url: &str) -> Result<OtlpTarget, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            format!("`{url}`: give an http:// URL of an OTLP/HTTP collector (https is not built in; run a collector agent next to OpenHQM)")
-        })?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-            None => (rest, ""),
-        };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                let port = p
-                    .parse::<u16>()
-                    .map_err(|_| format!("`{url}`: `{p}` is not a port"))?;
-                (h, port)
-            }
-            _ => (authority, 4318),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(format!("`{url}`: no host"));
-        }
-        let path = if path.ends_with("/v1/traces") {
-            path.to_string()
-        } else {
-            format!("{path}/v1/traces")
-        };
-        Ok(OtlpTarget {
-            host: host.to_string(),
-            port,
-            path,
-        })
-    }
+static TRACING: OnceLock<Tracing> = OnceLock::new();
 
-    /// The configured endpoint, else the standard OpenTelemetry variables.
-    fn from_config(m: &MonitoringConfig) -> Option<OtlpTarget> {
-        if let Some(url) = &m.otlp_endpoint {
-            return OtlpTarget::parse(url).ok();
-        }
-        if let Ok(url) = std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
-            return OtlpTarget::parse(&url).ok().map(|mut t| {
-                // This variable names the full URL: use its path as given.
-                if let Some(i) = url.strip_prefix("http://").and_then(|r| r.find('/')) {
-                    t.path = url["http://".len() + i..].to_string();
-                }
-                t
-            });
-        }
-        std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .ok()
-            .and_then(|url| OtlpTarget::parse(&url).ok())
+/// Register `openhqm_spans_exported_total` and `openhqm_spans_dropped_total`
+/// (present, at 0, when tracing is off).
+pub fn register_span_metrics(registry: &prometheus::Registry) {
+    let (exported, dropped) = export::span_counters();
+    for c in [exported, dropped] {
+        registry
+            .register(Box::new(c.clone()))
+            .expect("metric registered once");
     }
 }
 
-/// Spans waiting for the exporter task beyond this are dropped:
-/// a slow collector must never hold up requests or grow memory.
-const QUEUE_CAPACITY: usize = 8192;
-const MAX_BATCH: usize = 512;
-const FLUSH_EVERY: Duration = Duration::from_secs(1);
-const POST_TIMEOUT: Duration = Duration::from_secs(5);
-
-enum Command {
-    Span(Box<Span>),
-    Flush(oneshot::Sender<()>),
-}
-
-struct Exporter {
-    tx: mpsc::Sender<Command>,
-    sample_ratio: f64,
-}
-
-static EXPORTER: OnceLock<Exporter> = OnceLock::new();
-
-/// Start the OTLP exporter when an endpoint is configured. Call once, inside
-/// the tokio runtime.
-pub fn start_tracing(m: &MonitoringConfig, program: &str) {
-    let Some(target) = OtlpTarget::from_config(m) else {
-        return;
+/// Check the tracing settings and, when an endpoint is configured, start the
+/// exporter. Call once, inside the tokio runtime. An invalid value is an
+/// error naming the key or variable (the caller stops start-up with it).
+pub fn start_tracing(m: &MonitoringConfig, program: &str) -> Result<(), String> {
+    let Some(s) = settings::resolve(m, program, &|k| std::env::var(k).ok())? else {
+        return Ok(());
     };
-    let service = m
-        .service_name
-        .clone()
-        .or_else(|| std::env::var("OTEL_SERVICE_NAME").ok())
-        .unwrap_or_else(|| program.to_string());
-    let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-    if EXPORTER
-        .set(Exporter {
-            tx,
-            sample_ratio: m.trace_sample_ratio,
-        })
-        .is_ok()
-    {
+    let provider = export::provider(&s)?;
+    let scope = InstrumentationScope::builder("openhqm")
+        .with_version(crate::build_info::VERSION)
+        .build();
+    let tracer = opentelemetry::trace::TracerProvider::tracer_with_scope(&provider, scope);
+    if TRACING.set(Tracing { provider, tracer }).is_ok() {
+        // The URL and the header names only: header values are credentials.
+        let header_names: Vec<&str> = s.headers.iter().map(|(k, _)| k.as_str()).collect();
         tracing::info!(
-            collector = %format!("http://{}:{}{}", target.host, target.port, target.path),
-            service = %service,
-            "exporting traces over OTLP/HTTP"
+            collector = %s.endpoint,
+            headers = ?header_names,
+            custom_ca = s.certificate.is_some(),
+            service = %s.service_name,
+            "exporting traces over OTLP/HTTP (protobuf)"
         );
-        tokio::spawn(export_loop(target, service, rx));
     }
+    Ok(())
 }
 
-/// Send what is buffered before the program exits (bounded wait).
+/// Send what is buffered before the program exits (bounded wait). The SDK
+/// blocks while it flushes: off the async threads.
 pub async fn flush_tracing() {
-    let Some(exp) = EXPORTER.get() else { return };
-    let (done, wait) = oneshot::channel();
-    if exp.tx.send(Command::Flush(done)).await.is_ok() {
-        let _ = tokio::time::timeout(POST_TIMEOUT, wait).await;
+    let Some(t) = TRACING.get() else { return };
+    let flush = tokio::task::spawn_blocking(move || {
+        let _ = t.provider.shutdown_with_timeout(FLUSH_TIMEOUT);
+    });
+    let _ = tokio::time::timeout(FLUSH_TIMEOUT + Duration::from_secs(1), flush).await;
+}
+
+fn otel_kind(kind: SpanKind) -> opentelemetry::trace::SpanKind {
+    use opentelemetry::trace::SpanKind as K;
+    match kind {
+        SpanKind::Internal => K::Internal,
+        SpanKind::Server => K::Server,
+        SpanKind::Client => K::Client,
+        SpanKind::Producer => K::Producer,
+        SpanKind::Consumer => K::Consumer,
     }
 }
 
-async fn export_loop(target: OtlpTarget, service: String, mut rx: mpsc::Receiver<Command>) {
-    let resource = vec![(
-        "process.pid".to_string(),
-        AttrValue::Int(i64::from(std::process::id())),
-    )];
-    let mut batch: Vec<Span> = Vec::with_capacity(MAX_BATCH);
-    let mut tick = tokio::time::interval(FLUSH_EVERY);
-    loop {
-        let mut flushed: Option<oneshot::Sender<()>> = None;
-        tokio::select! {
-            cmd = rx.recv() => match cmd {
-                Some(Command::Span(s)) => {
-                    batch.push(*s);
-                    if batch.len() < MAX_BATCH {
-                        continue;
-                    }
-                }
-                Some(Command::Flush(done)) => flushed = Some(done),
-                None => return,
+/// The inbound `traceparent` as the SDK's remote parent.
+fn parent_context(inbound: Option<TraceContext>) -> Context {
+    match inbound {
+        None => Context::new(),
+        Some(c) => Context::new().with_remote_span_context(SpanContext::new(
+            opentelemetry::trace::TraceId::from_bytes(c.trace_id.0),
+            opentelemetry::trace::SpanId::from_bytes(c.span_id.0),
+            if c.sampled {
+                TraceFlags::SAMPLED
+            } else {
+                TraceFlags::default()
             },
-            _ = tick.tick() => {}
-        }
-        if !batch.is_empty() {
-            let body = encode_export_request(&service, &resource, &batch);
-            let n = batch.len();
-            batch.clear();
-            match tokio::time::timeout(POST_TIMEOUT, post(&target, &body)).await {
-                Ok(Ok(status)) if (200..300).contains(&status) => {}
-                outcome => {
-                    let why = match outcome {
-                        Ok(Ok(status)) => format!("collector answered {status}"),
-                        Ok(Err(e)) => e,
-                        Err(_) => "timed out".into(),
-                    };
-                    tracing::warn!(spans = n, error = %why, "trace export failed; spans dropped");
-                }
-            }
-        }
-        if let Some(done) = flushed {
-            let _ = done.send(());
-        }
+            true,
+            TraceState::default(),
+        )),
     }
 }
 
-/// One HTTP/1.1 POST on a fresh connection (one per batch, at most one a
-/// second): the status code.
-async fn post(target: &OtlpTarget, body: &[u8]) -> Result<u16, String> {
-    let mut stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
-        .await
-        .map_err(|e| format!("cannot connect to {}:{}: {e}", target.host, target.port))?;
-    let host = if target.host.contains(':') {
-        format!("[{}]:{}", target.host, target.port)
-    } else {
-        format!("{}:{}", target.host, target.port)
-    };
-    let head = format!(
-        "POST {} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        target.path,
-        body.len()
-    );
-    stream
-        .write_all(head.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    stream.write_all(body).await.map_err(|e| e.to_string())?;
-    let mut buf = Vec::with_capacity(256);
-    let mut chunk = [0u8; 256];
-    // The status line is all we need.
-    while !buf.windows(2).any(|w| w == b"\r\n") && buf.len() < 4096 {
-        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let line = String::from_utf8_lossy(&buf);
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| "collector sent no HTTP status line".to_string())
-}
-
-fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-fn new_span_id() -> SpanId {
-    loop {
-        let id = SpanId(fastrand::u64(..).to_be_bytes());
-        if id.is_valid() {
-            return id;
-        }
-    }
-}
-
-fn new_trace_id() -> TraceId {
-    loop {
-        let id = TraceId(fastrand::u128(..).to_be_bytes());
-        if id.is_valid() {
-            return id;
-        }
-    }
-}
-
-/// One operation of a request's trace. Recorded (and exported when dropped)
+/// One operation of a request's trace. Recorded (and exported when it ends)
 /// only when an exporter runs and the trace is sampled; otherwise it only
 /// carries the `traceparent` to pass on.
 pub struct TraceSpan {
-    recording: Option<Box<Span>>,
+    span: Option<opentelemetry_sdk::trace::Span>,
     /// The `traceparent` for the next hop: this span as the parent, or the
     /// inbound value unchanged when tracing is off.
     propagate: Option<String>,
@@ -302,36 +171,35 @@ pub struct TraceSpan {
 
 impl TraceSpan {
     /// Start a span under `parent` (a `traceparent` value); an absent or
-    /// invalid parent starts a new trace, sampled at `trace_sample_ratio`.
+    /// invalid parent starts a new trace, sampled as the sampler says.
     pub fn start(name: impl Into<String>, kind: SpanKind, parent: Option<&str>) -> TraceSpan {
-        let Some(exp) = EXPORTER.get() else {
-            return TraceSpan {
-                recording: None,
-                propagate: parent.map(str::to_string),
-            };
+        let passthrough = || TraceSpan {
+            span: None,
+            propagate: parent.map(str::to_string),
         };
-        let inbound = parent.and_then(TraceContext::parse);
-        let ctx = TraceContext {
-            trace_id: inbound.map_or_else(new_trace_id, |c| c.trace_id),
-            span_id: new_span_id(),
-            sampled: inbound.map_or_else(|| fastrand::f64() < exp.sample_ratio, |c| c.sampled),
+        let Some(t) = TRACING.get() else {
+            return passthrough();
         };
-        let recording = ctx.sampled.then(|| {
-            Box::new(Span {
-                trace_id: ctx.trace_id,
-                span_id: ctx.span_id,
-                parent_span_id: inbound.map(|c| c.span_id),
-                name: name.into(),
-                kind,
-                start_unix_nanos: now_nanos(),
-                end_unix_nanos: 0,
-                attributes: Vec::new(),
-                status: SpanStatus::Unset,
-            })
-        });
+        let cx = parent_context(parent.and_then(TraceContext::parse));
+        let span = t
+            .tracer
+            .span_builder(name.into())
+            .with_kind(otel_kind(kind))
+            .start_with_context(&t.tracer, &cx);
+        let sc = span.span_context();
+        if !sc.is_valid() {
+            // The provider is shutting down.
+            return passthrough();
+        }
+        let propagate = TraceContext {
+            trace_id: TraceId(sc.trace_id().to_bytes()),
+            span_id: SpanId(sc.span_id().to_bytes()),
+            sampled: sc.is_sampled(),
+        }
+        .header();
         TraceSpan {
-            recording,
-            propagate: Some(ctx.header()),
+            span: Some(span),
+            propagate: Some(propagate),
         }
     }
 
@@ -347,33 +215,82 @@ impl TraceSpan {
 
     /// The trace id, for log lines; only while recording.
     pub fn trace_id(&self) -> Option<String> {
-        self.recording.as_ref().map(|s| s.trace_id.to_string())
+        self.span
+            .as_ref()
+            .filter(|s| s.is_recording())
+            .map(|s| s.span_context().trace_id().to_string())
     }
 
-    pub fn attr(&mut self, key: &str, value: impl Into<AttrValue>) {
-        if let Some(s) = &mut self.recording {
-            s.attr(key, value);
+    pub fn attr(&mut self, key: &'static str, value: impl Into<AttrValue>) {
+        if let Some(s) = self.span.as_mut().filter(|s| s.is_recording()) {
+            let value = match value.into() {
+                AttrValue::Str(v) => Value::from(v),
+                AttrValue::Int(v) => Value::I64(v),
+                AttrValue::Bool(v) => Value::Bool(v),
+            };
+            s.set_attribute(KeyValue::new(key, value));
         }
     }
 
     pub fn set_error(&mut self, message: impl Into<String>) {
-        if let Some(s) = &mut self.recording {
-            s.status = SpanStatus::Error(message.into());
+        if let Some(s) = self.span.as_mut().filter(|s| s.is_recording()) {
+            s.set_status(Status::error(message.into()));
         }
     }
 
-    /// End the span now (dropping it does the same).
+    /// The messaging semantic conventions of a `send` (bridge) or `process`
+    /// (worker) span: the message ID is the request's correlation ID.
+    pub fn messaging(
+        &mut self,
+        system: &str,
+        operation: &'static str,
+        destination: &str,
+        correlation_id: &str,
+    ) {
+        self.attr("messaging.system", system.to_string());
+        self.attr("messaging.operation.type", operation);
+        self.attr("messaging.operation.name", operation);
+        self.attr("messaging.destination.name", destination.to_string());
+        self.attr("messaging.message.id", correlation_id.to_string());
+    }
+
+    /// `server.address` and `server.port` from a `Host` / `:authority`
+    /// value (`host[:port]`, `[v6]:port`).
+    pub fn server_authority(&mut self, authority: &str, default_port: u16) {
+        let (host, port) = split_authority(authority, default_port);
+        if !host.is_empty() {
+            self.attr("server.address", host.to_string());
+            self.attr("server.port", i64::from(port));
+        }
+    }
+
+    /// End the span now (dropping it does the same: the SDK's span ends
+    /// when dropped).
     pub fn end(self) {}
 }
 
-impl Drop for TraceSpan {
-    fn drop(&mut self) {
-        let (Some(mut span), Some(exp)) = (self.recording.take(), EXPORTER.get()) else {
-            return;
-        };
-        span.end_unix_nanos = now_nanos().max(span.start_unix_nanos);
-        // A full queue drops the span: export must never hold up a request.
-        let _ = exp.tx.try_send(Command::Span(span));
+/// `messaging.system` of a queue backend: its `queue.type` word (`redis`,
+/// `mqtt`, `embedded`, or a custom backend's registered name). The
+/// conventions' list of well-known systems has none of these; they allow a
+/// custom value for a system not on it.
+pub fn messaging_system(q: &crate::config::QueueConfig) -> String {
+    match (q.kind, q.custom_class.as_deref()) {
+        (crate::config::QueueType::Custom, Some(name)) if !name.is_empty() => name.to_string(),
+        (kind, _) => kind.as_str().to_string(),
+    }
+}
+
+fn split_authority(authority: &str, default_port: u16) -> (&str, u16) {
+    let authority = authority.trim();
+    if let Some(rest) = authority.strip_prefix('[') {
+        if let Some((host, tail)) = rest.split_once(']') {
+            let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
+            return (host, port.unwrap_or(default_port));
+        }
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h, p.parse().unwrap_or(default_port)),
+        _ => (authority, default_port),
     }
 }
 
@@ -382,23 +299,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn otlp_target_urls() {
-        let t = OtlpTarget::parse("http://collector:4318").unwrap();
-        assert_eq!(
-            (t.host.as_str(), t.port, t.path.as_str()),
-            ("collector", 4318, "/v1/traces")
-        );
-        let t = OtlpTarget::parse("http://127.0.0.1:9999/otlp/").unwrap();
-        assert_eq!((t.port, t.path.as_str()), (9999, "/otlp/v1/traces"));
-        let t = OtlpTarget::parse("http://c/v1/traces").unwrap();
-        assert_eq!((t.port, t.path.as_str()), (4318, "/v1/traces"));
-        let t = OtlpTarget::parse("http://[::1]:4318").unwrap();
-        assert_eq!(t.host, "::1");
-        assert!(OtlpTarget::parse("https://c:4318")
-            .unwrap_err()
-            .contains("http://"));
-        assert!(OtlpTarget::parse("http://c:port").is_err());
-        assert!(OtlpTarget::parse("http://:4318").is_err());
+    fn messaging_system_is_the_queue_type_or_the_custom_backend() {
+        use crate::config::{QueueConfig, QueueType};
+        let mut q = QueueConfig::default();
+        for (kind, word) in [
+            (QueueType::Embedded, "embedded"),
+            (QueueType::Redis, "redis"),
+            (QueueType::Mqtt, "mqtt"),
+        ] {
+            q.kind = kind;
+            assert_eq!(messaging_system(&q), word);
+        }
+        q.kind = QueueType::Custom;
+        q.custom_class = Some("nats".into());
+        assert_eq!(messaging_system(&q), "nats");
+    }
+
+    #[test]
+    fn authorities_split_into_address_and_port() {
+        assert_eq!(split_authority("bridge:8000", 80), ("bridge", 8000));
+        assert_eq!(split_authority("example.com", 443), ("example.com", 443));
+        assert_eq!(split_authority("[::1]:9", 80), ("::1", 9));
+        assert_eq!(split_authority("[::1]", 80), ("::1", 80));
+        assert_eq!(split_authority("h:notaport", 80), ("h", 80));
     }
 
     #[test]
@@ -412,5 +335,23 @@ mod tests {
             TraceSpan::start("x", SpanKind::Server, None).traceparent(),
             None
         );
+    }
+
+    #[test]
+    fn the_inbound_traceparent_becomes_the_sdks_remote_parent() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let cx = parent_context(TraceContext::parse(tp));
+        let sc = cx.span().span_context().clone();
+        assert!(sc.is_remote() && sc.is_sampled());
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
+        let unsampled = parent_context(TraceContext::parse(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        ));
+        assert!(!unsampled.span().span_context().is_sampled());
+        assert!(!parent_context(None).has_active_span());
     }
 }

@@ -4,16 +4,22 @@
 No collector binary can be installed on our machines (only package
 registries are reachable), so the end-to-end tests use this protocol-level
 fake. It is strict where a collector is: every `POST /v1/traces` body must be
-`application/json` and parse, with no unknown fields, as the official
-`ExportTraceServiceRequest` (opentelemetry-proto from PyPI), after OTLP's
-JSON rule that trace and span ids are hex. A body that does not parse is
-answered 400 and recorded as an error.
+either `application/x-protobuf` (what the bridge and worker send, through the
+OpenTelemetry SDK) and decode as the official `ExportTraceServiceRequest`
+(opentelemetry-proto from PyPI), or `application/json` (the Wasm filter's own
+encoder) and parse as one with no unknown fields, after OTLP's JSON rule
+that trace and span ids are hex. A body that does not parse, or a request
+without the required header, is answered 400 / 401 and recorded as an error.
 
-    receiver.py PORT
-    GET /spans   -> every span received, flattened (JSON list)
+    receiver.py PORT [--tls CERT KEY] [--require-header NAME=VALUE] [--control-port P]
+    GET /spans   -> every span received, flattened (JSON list; "encoding" says
+                    protobuf or json)
     GET /errors  -> every rejected request's reason (JSON list)
+
+With --tls, PORT speaks HTTPS only; --control-port serves the two GETs over
+plain HTTP as well, so a test needs no TLS client to read them.
 """
-import base64, json, sys, threading
+import base64, json, ssl, sys, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from google.protobuf import json_format
@@ -38,6 +44,17 @@ def hex_ids_to_base64(doc):
     return doc
 
 
+def base64_ids_to_hex(doc):
+    """MessageToDict writes ids as base64; the flattened view uses OTLP's hex."""
+    for rs in doc.get("resourceSpans", []):
+        for ss in rs.get("scopeSpans", []):
+            for span in ss.get("spans", []):
+                for key in ID_LENGTHS:
+                    if key in span:
+                        span[key] = base64.b64decode(span[key]).hex()
+    return doc
+
+
 def attr_value(v):
     for k in ("stringValue", "boolValue", "doubleValue"):
         if k in v:
@@ -47,7 +64,7 @@ def attr_value(v):
     return v
 
 
-def flatten(doc):
+def flatten(doc, encoding):
     out = []
     for rs in doc.get("resourceSpans", []):
         resource = {a["key"]: attr_value(a["value"]) for a in rs.get("resource", {}).get("attributes", [])}
@@ -64,6 +81,7 @@ def flatten(doc):
                     "end": int(span["endTimeUnixNano"]),
                     "attributes": {a["key"]: attr_value(a["value"]) for a in span.get("attributes", [])},
                     "status": span.get("status", {}),
+                    "encoding": encoding,
                 })
     return out
 
@@ -90,20 +108,39 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if REQUIRED_HEADER:
+            name, value = REQUIRED_HEADER
+            if self.headers.get(name) != value:
+                with LOCK:
+                    ERRORS.append(f"POST without the required {name} header")
+                return self.reply(401, {"error": "unauthorized"})
         try:
             if self.path != "/v1/traces":
                 raise ValueError(f"POST to {self.path}, not /v1/traces")
-            ctype = self.headers.get("Content-Type", "")
-            if ctype.split(";")[0].strip() != "application/json":
-                raise ValueError(f"Content-Type {ctype!r}, not application/json")
-            doc = json.loads(body)
-            json_format.Parse(json.dumps(hex_ids_to_base64(json.loads(body))),
-                              ExportTraceServiceRequest(), ignore_unknown_fields=False)
-            for span in flatten(doc):
+            ctype = self.headers.get("Content-Type", "").split(";")[0].strip()
+            if ctype == "application/x-protobuf":
+                req = ExportTraceServiceRequest()
+                req.ParseFromString(body)
+                if req.FindInitializationErrors() or not req.ListFields():
+                    raise ValueError("empty or incomplete ExportTraceServiceRequest")
+                doc = base64_ids_to_hex(json_format.MessageToDict(req, use_integers_for_enums=True))
+                encoding = "protobuf"
+            elif ctype == "application/json":
+                doc = json.loads(body)
+                json_format.Parse(json.dumps(hex_ids_to_base64(json.loads(body))),
+                                  ExportTraceServiceRequest(), ignore_unknown_fields=False)
+                encoding = "json"
+            else:
+                raise ValueError(f"Content-Type {ctype!r}, not application/x-protobuf or application/json")
+            for span in flatten(doc, encoding):
                 if span["end"] < span["start"]:
                     raise ValueError(f"span {span['name']} ends before it starts")
-            spans = flatten(doc)
-        except Exception as e:  # reject, and remember why
+                for key, length in ID_LENGTHS.items():
+                    v = span.get(key)
+                    if v is not None and len(v) != length:
+                        raise ValueError(f"{key} {v!r} is not {length} hex digits")
+            spans = flatten(doc, encoding)
+        except Exception as e:  # reject, and remember why (DecodeError included)
             with LOCK:
                 ERRORS.append(str(e))
             return self.reply(400, {"error": str(e)})
@@ -112,7 +149,34 @@ class Handler(BaseHTTPRequestHandler):
         self.reply(200, {})
 
 
-if __name__ == "__main__":
-    server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
-    print(f"otlp receiver on 127.0.0.1:{sys.argv[1]}", flush=True)
+REQUIRED_HEADER = None
+
+
+def main(argv):
+    global REQUIRED_HEADER
+    port, tls, control = int(argv[0]), None, None
+    rest = argv[1:]
+    while rest:
+        if rest[0] == "--tls":
+            tls, rest = (rest[1], rest[2]), rest[3:]
+        elif rest[0] == "--require-header":
+            name, _, value = rest[1].partition("=")
+            REQUIRED_HEADER, rest = (name, value), rest[2:]
+        elif rest[0] == "--control-port":
+            control, rest = int(rest[1]), rest[2:]
+        else:
+            sys.exit(f"unknown argument {rest[0]}")
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    if tls:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(*tls)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    if control:
+        plain = ThreadingHTTPServer(("127.0.0.1", control), Handler)
+        threading.Thread(target=plain.serve_forever, daemon=True).start()
+    print(f"otlp receiver on 127.0.0.1:{port}" + (" (TLS)" if tls else ""), flush=True)
     server.serve_forever()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

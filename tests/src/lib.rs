@@ -240,7 +240,7 @@ impl Stack {
             .stderr(err);
         // Tests must not pick up a developer's own settings.
         for (k, _) in std::env::vars() {
-            if k.starts_with("OPENHQM_") && k != "OPENHQM_ENVOY" {
+            if (k.starts_with("OPENHQM_") && k != "OPENHQM_ENVOY") || k.starts_with("OTEL_") {
                 cmd.env_remove(k);
             }
         }

@@ -196,7 +196,7 @@ mod tests {
             trace_id: TraceId([0xab; 16]),
             span_id: SpanId([1; 8]),
             parent_span_id: Some(SpanId([2; 8])),
-            name: "publish openhqm-requests".into(),
+            name: "send openhqm-requests".into(),
             kind: SpanKind::Producer,
             start_unix_nanos: 1_700_000_000_000_000_000,
             end_unix_nanos: 1_700_000_000_000_500_000,

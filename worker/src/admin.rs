@@ -49,6 +49,8 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
+        openhqm_core::build_info::register(&registry);
+        openhqm_core::telemetry::register_span_metrics(&registry);
         let active = IntGauge::new("openhqm_worker_active", "Messages being processed")
             .expect("valid metric");
         registry

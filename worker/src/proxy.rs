@@ -204,6 +204,7 @@ impl Proxy {
         // The backend sees this call's span as its parent.
         let mut span = trace.child(format!("{} {}", out.method, plan.name), SpanKind::Client);
         span.attr("http.request.method", out.method.to_string());
+        client_url_attributes(&mut span, &out.url);
         span.attr("openhqm.endpoint", plan.name);
         span.attr("openhqm.attempt", i64::from(attempt));
         if let Some(tp) = span.traceparent() {
@@ -234,12 +235,21 @@ impl Proxy {
                 error, response, ..
             }
             | Attempt::Fail { error, response } => {
-                if let Some(r) = response {
-                    span.attr("http.response.status_code", i64::from(r.status_code));
+                // error.type: the status code when the backend answered,
+                // else the conventions' catch-all.
+                match response {
+                    Some(r) => {
+                        span.attr("http.response.status_code", i64::from(r.status_code));
+                        span.attr("error.type", r.status_code.to_string());
+                    }
+                    None => span.attr("error.type", "_OTHER"),
                 }
                 span.set_error(error.clone());
             }
-            Attempt::Expired => span.set_error("deadline passed"),
+            Attempt::Expired => {
+                span.attr("error.type", "timeout");
+                span.set_error("deadline passed");
+            }
         }
         self.metrics
             .backend_calls
@@ -322,4 +332,30 @@ fn breaker_observer(metrics: Arc<Metrics>) -> OnChange {
             ),
         }
     })
+}
+
+/// HTTP client conventions from the call's URL: `server.address`,
+/// `server.port`, `url.scheme` and `url.full` without the query (which may
+/// carry credentials) and without user info.
+fn client_url_attributes(span: &mut TraceSpan, url: &str) {
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return;
+    };
+    // host_str() keeps an IPv6 address's brackets, as a URL has them.
+    let Some(host) = u.host_str() else { return };
+    span.attr(
+        "server.address",
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+    );
+    if let Some(port) = u.port_or_known_default() {
+        span.attr("server.port", i64::from(port));
+    }
+    span.attr("url.scheme", u.scheme().to_string());
+    let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+    span.attr(
+        "url.full",
+        format!("{}://{host}{port}{}", u.scheme(), u.path()),
+    );
 }

@@ -250,15 +250,20 @@ impl Worker {
                     None
                 });
         }
-        // The consumer span continues the trace the message carries; every
-        // log line about the message names its correlation ID.
+        // The consumer span (`process <destination>`, as the messaging
+        // conventions name it) continues the trace the message carries;
+        // every log line about the message names its correlation ID.
         let mut trace = TraceSpan::start(
             format!("process {}", self.requests.name()),
             SpanKind::Consumer,
             work.traceparent.as_deref(),
         );
-        trace.attr("messaging.destination.name", self.requests.name());
-        trace.attr("messaging.message.id", delivery.message.id.clone());
+        trace.messaging(
+            &openhqm_core::telemetry::messaging_system(&self.config.queue),
+            "process",
+            self.requests.name(),
+            &work.correlation_id,
+        );
         trace.attr("openhqm.correlation_id", work.correlation_id.clone());
         trace.attr("openhqm.attempt", i64::from(delivery.attempt));
         let log_span = tracing::info_span!(

@@ -378,6 +378,15 @@ async fn main() {
             "--name" => name = value("--name"),
             // A fast backend for benchmarks: no request log to maintain.
             "--no-log" => log_requests = false,
+            // Same shape as the bridge's and worker's (no queue backends here).
+            "--version" | "-V" => {
+                println!(
+                    "openhqm-sample-app {} (revision {})",
+                    env!("CARGO_PKG_VERSION"),
+                    env!("OPENHQM_REVISION")
+                );
+                std::process::exit(0);
+            }
             _ => usage(&format!("unknown argument {a}")),
         }
     }
@@ -422,7 +431,7 @@ async fn main() {
 
 fn usage(msg: &str) -> ! {
     eprintln!(
-        "openhqm-sample-app: {msg}\nusage: openhqm-sample-app [--host H] [--port P] [--delay-ms N] [--name NAME] [--no-log]"
+        "openhqm-sample-app: {msg}\nusage: openhqm-sample-app [--host H] [--port P] [--delay-ms N] [--name NAME] [--no-log] [--version]"
     );
     std::process::exit(2);
 }
