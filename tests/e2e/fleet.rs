@@ -5,7 +5,7 @@
 //! worker finishes them.
 
 use openhqm_core::conformance::server_available;
-use openhqm_e2e::{client, header, Stack};
+use openhqm_e2e::{client, header, redis_delete, redis_keys, Stack};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -15,49 +15,6 @@ use tokio::sync::Semaphore;
 const REQUESTS: usize = 2000;
 const CLIENT_CONCURRENCY: usize = 32;
 const WAIT_MODE_REQUESTS: usize = 60;
-
-/// Keys under a prefix, counted by redis-cli (the test's view of the store).
-fn redis_count(pattern: &str) -> usize {
-    let out = std::process::Command::new("redis-cli")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            "6379",
-            "--scan",
-            "--pattern",
-            pattern,
-        ])
-        .output()
-        .expect("redis-cli");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.is_empty())
-        .count()
-}
-
-fn redis_cleanup(run: &str) {
-    let out = std::process::Command::new("redis-cli")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            "6379",
-            "--scan",
-            "--pattern",
-            &format!("fleet-{run}*"),
-        ])
-        .output()
-        .expect("redis-cli");
-    for key in String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.is_empty())
-    {
-        let _ = std::process::Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", "6379", "DEL", key])
-            .output();
-    }
-}
 
 /// A stack on the shared Redis, configured by the original's variables
 /// alone (no config file), with names of this run only, so runs and other
@@ -227,7 +184,7 @@ async fn two_bridges_three_workers_on_redis_lose_nothing_when_a_worker_dies() {
     );
 
     // None twice: exactly one record per request, and final records stay put.
-    let keys = redis_count(&format!("fleet-{run}:result:*"));
+    let keys = redis_keys(&format!("fleet-{run}:result:*")).len();
     assert_eq!(
         keys,
         REQUESTS + WAIT_MODE_REQUESTS,
@@ -269,7 +226,7 @@ async fn two_bridges_three_workers_on_redis_lose_nothing_when_a_worker_dies() {
         served - expected,
         stats["max_in_flight"],
     );
-    redis_cleanup(&run);
+    redis_delete(&format!("fleet-{run}*"));
 }
 
 /// Clients that hang up while the bridge is accepting their request must
@@ -319,7 +276,7 @@ async fn clients_hanging_up_mid_submit_leave_no_half_accepted_requests() {
     .trim()
     .parse()
     .unwrap();
-    let records = redis_count(&format!("fleet-{run}:result:*"));
+    let records = redis_keys(&format!("fleet-{run}:result:*")).len();
     let metrics = client()
         .get(format!("{}/metrics", stack.bridge_url()))
         .send()
@@ -336,7 +293,7 @@ async fn clients_hanging_up_mid_submit_leave_no_half_accepted_requests() {
     println!(
         "hang-ups: {records} records, {xlen} messages, {accepted} counted as accepted of 3000 sent"
     );
-    redis_cleanup(&run);
+    redis_delete(&format!("fleet-{run}*"));
     assert!(xlen > 0, "some requests got through");
     assert_eq!(
         records, xlen,

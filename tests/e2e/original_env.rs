@@ -6,32 +6,9 @@
 //! would split them and the request would stay PENDING.
 
 use openhqm_core::conformance::server_available;
-use openhqm_e2e::{await_result, bin, client, Stack};
+use openhqm_e2e::{await_result, bin, client, redis_delete, Stack};
 use serde_json::{json, Value};
 use std::time::Duration;
-
-fn redis_del_prefix(pattern: &str) {
-    let out = std::process::Command::new("redis-cli")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            "6379",
-            "--scan",
-            "--pattern",
-            pattern,
-        ])
-        .output()
-        .expect("redis-cli");
-    for key in String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.is_empty())
-    {
-        let _ = std::process::Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", "6379", "DEL", key])
-            .output();
-    }
-}
 
 /// The start-up line of a binary's JSON log.
 fn backend_line(events: &[Value]) -> String {
@@ -137,8 +114,8 @@ async fn compose_redis_urls_alone_run_bridge_and_worker_on_redis() {
     assert!(!dir.join("worker-data").join("queue.db").exists());
     let worker_log = stack.proc(w).log_text();
     assert!(worker_log.contains("worker-1"), "{worker_log}");
-    redis_del_prefix(&format!("orig-{run}-*"));
-    redis_del_prefix(&format!("openhqm:result:{id}"));
+    redis_delete(&format!("orig-{run}-*"));
+    redis_delete(&format!("openhqm:result:{id}"));
 }
 
 /// Submit one message, wait for its final result.

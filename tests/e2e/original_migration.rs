@@ -13,7 +13,7 @@
 //! Runs its own redis-server, as the original's keys are not prefixed.
 
 use openhqm_core::conformance::server_available;
-use openhqm_e2e::{await_result, client, free_port, Stack};
+use openhqm_e2e::{await_result, client, free_port, start_private_redis, Stack};
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -39,25 +39,6 @@ fn get_json(port: u16, key: &str) -> Option<Value> {
         return None;
     }
     Some(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{key}: {e}: {text}")))
-}
-
-fn start_redis(stack: &mut Stack, port: u16) {
-    let port_s = port.to_string();
-    let p = stack.spawn(
-        "redis-server",
-        std::path::Path::new("redis-server"),
-        &["--port", &port_s, "--bind", "127.0.0.1", "--save", ""],
-        &[],
-    );
-    stack.keep(p);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "private redis-server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// What the original's `submit_request` does for one request.
@@ -149,7 +130,7 @@ async fn workers_first_then_the_api_with_traffic_flowing() {
     }
     let mut stack = Stack::new("original-migration");
     let port = free_port();
-    start_redis(&mut stack, port);
+    start_private_redis(&mut stack, port, &[]);
     let url = format!("redis://127.0.0.1:{port}");
     // The original's compose variables, plus the one setting for the mixed fleet.
     stack.set("OPENHQM_QUEUE__TYPE", "redis");

@@ -5,25 +5,20 @@
 //! acknowledged survives the kill) so the shared one is not disturbed.
 
 use openhqm_core::conformance::server_available;
-use openhqm_e2e::{await_result, client, free_port, Stack};
+use openhqm_e2e::{await_result, client, free_port, start_private_redis, Stack};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
+/// A private server with an fsynced append-only file, so what it
+/// acknowledged survives the kill.
 fn start_redis(stack: &mut Stack, port: u16) -> usize {
     let dir = stack.dir.join("redis");
     std::fs::create_dir_all(&dir).expect("redis dir");
-    let port_s = port.to_string();
     let dir_s = dir.to_string_lossy().to_string();
-    let p = stack.spawn(
-        "redis-server",
-        std::path::Path::new("redis-server"),
+    start_private_redis(
+        stack,
+        port,
         &[
-            "--port",
-            &port_s,
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
             "--appendonly",
             "yes",
             "--appendfsync",
@@ -31,18 +26,7 @@ fn start_redis(stack: &mut Stack, port: u16) -> usize {
             "--dir",
             &dir_s,
         ],
-        &[],
-    );
-    let i = stack.keep(p);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "private redis-server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    i
+    )
 }
 
 async fn submit(stack: &Stack, n: u32) -> reqwest::Response {

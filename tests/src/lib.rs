@@ -567,3 +567,53 @@ pub async fn await_result(base: &str, location: &str, timeout: Duration) -> Valu
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Keys matching `pattern` on the shared Redis (127.0.0.1:6379), by
+/// redis-cli: the test's own view of the store, not the code's under test.
+pub fn redis_keys(pattern: &str) -> Vec<String> {
+    let out = Command::new("redis-cli")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "6379",
+            "--scan",
+            "--pattern",
+            pattern,
+        ])
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Delete the shared Redis's keys matching `pattern` (a test's leftovers).
+pub fn redis_delete(pattern: &str) {
+    for key in redis_keys(pattern) {
+        let _ = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", "6379", "DEL", &key])
+            .output();
+    }
+}
+
+/// A private redis-server on `port` (nothing saved unless `extra` says so),
+/// kept in the stack; returns once it accepts connections.
+pub fn start_private_redis(stack: &mut Stack, port: u16, extra: &[&str]) -> usize {
+    let port_s = port.to_string();
+    let mut args = vec!["--port", &port_s, "--bind", "127.0.0.1", "--save", ""];
+    args.extend_from_slice(extra);
+    let p = stack.spawn("redis-server", Path::new("redis-server"), &args, &[]);
+    let i = stack.keep(p);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "private redis-server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    i
+}
