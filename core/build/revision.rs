@@ -19,15 +19,19 @@ fn emit_revision() {
         .filter(|r| !r.trim().is_empty())
         .or_else(|| {
             // Rebuild when HEAD moves (a commit or a checkout), not on
-            // every build.
-            for dir in [git(&["rev-parse", "--git-dir"]), git(&["rev-parse", "--git-common-dir"])]
-                .into_iter()
-                .flatten()
-            {
-                println!("cargo:rerun-if-changed={dir}/HEAD");
-                println!("cargo:rerun-if-changed={dir}/packed-refs");
-                if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
-                    println!("cargo:rerun-if-changed={dir}/{r}");
+            // every build: watch only paths that exist (cargo counts a
+            // missing one as changed, every time).
+            let git_dir = git(&["rev-parse", "--git-dir"]);
+            let common = git(&["rev-parse", "--git-common-dir"]);
+            let watch = [
+                git_dir.as_ref().map(|d| format!("{d}/HEAD")),
+                common.as_ref().map(|d| format!("{d}/packed-refs")),
+                // A directory: any branch's ref file written in it.
+                common.as_ref().map(|d| format!("{d}/refs/heads")),
+            ];
+            for path in watch.into_iter().flatten() {
+                if std::path::Path::new(&path).exists() {
+                    println!("cargo:rerun-if-changed={path}");
                 }
             }
             git(&["rev-parse", "--short=12", "HEAD"])
