@@ -8,8 +8,9 @@ the others.
 
 Settings (environment):
   RUNS=5 DURATION=10 WARMUP=2     runs per figure (median), seconds per run
-  SECTIONS=all                    filter,ingress,submit,drain,wait,footprint,cardinality
+  SECTIONS=all                    filter,ingress,submit,tracing,drain,wait,footprint,cardinality
   CONNS=32,128 FILTER_CONNS=32    wrk connections
+  TRACING_CONNS=32                wrk connections of section tracing (tracing off vs on)
   ENVOY_CONCURRENCY=1 WRK_THREADS=1
   DRAIN_N=20000 DRAIN_WORKERS=1,2,4 WORKER_CONCURRENCY=32 WORKER_BATCH=10
   CARDINALITY_N=1000000 STARTS=max(3,RUNS) IDLE_WAIT=3
@@ -40,7 +41,7 @@ from common import BenchError, DATA, ROOT, log  # noqa: E402
 
 VENV = os.path.join(ROOT, "target", "tools", "bench-venv")
 RESULTS = os.path.join(ROOT, "docs", "benchmarks.json")
-ORDER = ["filter", "ingress", "submit", "drain", "wait", "cardinality", "footprint"]
+ORDER = ["filter", "ingress", "submit", "tracing", "drain", "wait", "cardinality", "footprint"]
 NEEDS_REDIS = {"ingress", "submit", "drain", "wait", "cardinality", "footprint"}
 
 

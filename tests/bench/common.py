@@ -58,6 +58,7 @@ class Settings:
         self.warmup = env_int("WARMUP", 2)
         self.conns = env_list("CONNS", "32,128")
         self.filter_conns = env_list("FILTER_CONNS", "32")
+        self.tracing_conns = env_list("TRACING_CONNS", "32")
         self.envoy_concurrency = env_int("ENVOY_CONCURRENCY", 1)
         self.wrk_threads = env_int("WRK_THREADS", 1)
         self.drain_n = env_int("DRAIN_N", 20000)
@@ -73,7 +74,7 @@ class Settings:
         self.bin_dir = os.path.abspath(bin_dir)
         self.envoy = os.path.abspath(os.environ.get("ENVOY", os.path.join(ROOT, "target", "tools", "envoy")))
         self.wasm_src = os.path.abspath(os.environ.get("WASM", os.path.join(ROOT, WASM_REL)))
-        all_sections = ["filter", "ingress", "submit", "drain", "wait", "footprint", "cardinality"]
+        all_sections = ["filter", "ingress", "submit", "tracing", "drain", "wait", "footprint", "cardinality"]
         wanted = os.environ.get("SECTIONS", "all")
         self.sections = all_sections if wanted in ("", "all") else [s.strip() for s in wanted.split(",") if s.strip()]
         unknown = [s for s in self.sections if s not in all_sections]
@@ -89,6 +90,7 @@ class Settings:
         return {
             "RUNS": self.runs, "DURATION": self.duration, "WARMUP": self.warmup,
             "CONNS": ",".join(map(str, self.conns)), "FILTER_CONNS": ",".join(map(str, self.filter_conns)),
+            "TRACING_CONNS": ",".join(map(str, self.tracing_conns)),
             "ENVOY_CONCURRENCY": self.envoy_concurrency, "WRK_THREADS": self.wrk_threads,
             "DRAIN_N": self.drain_n, "DRAIN_WORKERS": ",".join(map(str, self.drain_workers)),
             "WORKER_CONCURRENCY": self.worker_concurrency, "WORKER_BATCH": self.worker_batch,
@@ -184,7 +186,8 @@ def tail(path, lines=15):
 
 
 def clean_env(extra=None):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENHQM_") and k != "RUST_LOG"}
+    # OTEL_*: only the tracing section turns tracing on, and only where it says.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENHQM_", "OTEL_")) and k != "RUST_LOG"}
     env.update(extra or {})
     return env
 

@@ -298,6 +298,51 @@ def submit_section(results):
     return out
 
 
+def tracing_section(results):
+    s = sec(results, "tracing")
+    st = (s or {}).get("meta", {}).get("settings", {})
+    out = ["## Tracing", ""] + provenance(results, "tracing")
+    if not s:
+        return out
+    out += [
+        "What exporting traces costs the bridge: the submit path of *Bridge submit* (`POST /api/v1/submit` "
+        f"straight to the bridge, embedded queue, the same body; wrk `-t{st.get('WRK_THREADS', 1)}`, "
+        f"{st.get('DURATION')} s per run, median of {runs_text(st)}) with tracing off (no `OTEL_*` variable) and "
+        "on (`OTEL_EXPORTER_OTLP_ENDPOINT` at a local sink, tests/bench/otlp_sink.py, that reads each "
+        "OTLP/HTTP protobuf export and answers 200 without decoding it; default sampler, so every request is "
+        f"recorded: {s.get('spans_per_submit', 2)} spans a submit). Runs alternate off, on, off, on, each on a "
+        "fresh bridge and an empty queue, checked like *Bridge submit*. Bridge CPU is utime + stime from "
+        "/proc from the start of wrk until the exported-span counter has stopped moving (the last batch leaves "
+        "up to a second after wrk ends; off runs wait as long), per 1,000 requests wrk counted; the CPU % column "
+        "is over wrk's run only.", ""]
+    if not ok(results, "tracing"):
+        return out
+    for c, row in sorted(s["rows"].items(), key=lambda kv: int(kv[0])):
+        off, on = row["off"], row["on"]
+        out += [f"**{c} connections**", "",
+                "| tracing | requests/s | vs off | p50 ms | p99 ms | bridge CPU ms per 1,000 requests | "
+                "peak RSS MiB | CPU, % of one core |",
+                "|---|---|---|---|---|---|---|---|"]
+        for v, r, vs in (("off", off, "baseline"), ("on, OTLP/HTTP to the local sink", on, f"{row['ratio']:.3f}")):
+            out.append(f"| {v} | {n0(r['rps'])} | {vs} | "
+                       f"{ms(r['p50'])} | {ms(r['p99'])} | {r['cpu_ms_per_1k']:.0f} | {mib(r['peak_rss'])} | "
+                       f"{cpu_text(r.get('cpu', {}), ('bridge', 'otlp-sink', 'wrk'))} |")
+        paired = row.get("paired_cpu_ms_per_1k", [])
+        out += ["",
+                f"Requests/s on/off: {row['ratio']:.3f} ({pct(on['rps'], off['rps'])}); runs off "
+                f"{', '.join(n0(x) for x in off['runs'])}, on {', '.join(n0(x) for x in on['runs'])}. "
+                f"Bridge CPU for tracing, on minus off paired per run: median "
+                f"{row['paired_cpu_ms_per_1k_median']:+.0f} ms per 1,000 requests "
+                f"(runs {', '.join(f'{x:+.0f}' for x in paired)}). "
+                f"Spans, summed over the on runs, from the bridge's `/metrics` after each run: "
+                f"`openhqm_spans_exported_total` {n0(on['exported'])}, `openhqm_spans_dropped_total` "
+                f"{n0(on['dropped'])}, against {n0(on['expected_spans'])} expected ({s.get('spans_per_submit', 2)} "
+                f"per accepted request); the sink got {n0(on['sink_posts'])} exports, "
+                f"{on['sink_bytes'] / MIB:.1f} MiB, and used {on['sink_cpu_ms_per_1k']:.0f} ms CPU per 1,000 "
+                "requests.", ""]
+    return out
+
+
 def drain_section(results):
     s = sec(results, "drain")
     out = ["## Drain", ""] + provenance(results, "drain")
@@ -486,7 +531,7 @@ def header(results):
     last = results.get("last_run", {})
     m, v, b, st = last.get("machine", {}), last.get("versions", {}), last.get("binaries", {}), last.get("settings", {})
     env = " ".join(f"{k}={st[k]}" for k in ("RUNS", "DURATION") if k in st)
-    if set(last.get("sections", [])) != {"filter", "ingress", "submit", "drain", "wait", "footprint", "cardinality"}:
+    if set(last.get("sections", [])) != {"filter", "ingress", "submit", "tracing", "drain", "wait", "footprint", "cardinality"}:
         env += f" SECTIONS={','.join(last.get('sections', []))}"
     for k in ("CARDINALITY_N", "DRAIN_N"):
         defaults = {"CARDINALITY_N": 1000000, "DRAIN_N": 20000}
@@ -529,7 +574,7 @@ def header(results):
         f"{env.strip()} target/tools/bench-venv/bin/python tests/bench/bench.py",
         "```",
         "",
-        "Other knobs: CONNS, FILTER_CONNS, ENVOY_CONCURRENCY, WRK_THREADS, DRAIN_N, DRAIN_WORKERS, "
+        "Other knobs: CONNS, FILTER_CONNS, TRACING_CONNS, ENVOY_CONCURRENCY, WRK_THREADS, DRAIN_N, DRAIN_WORKERS, "
         "WORKER_CONCURRENCY, WORKER_BATCH, CARDINALITY_N, STARTS, IDLE_WAIT, BIN_DIR, ENVOY, WASM "
         "(tests/bench/bench.py).",
         "",
@@ -541,7 +586,7 @@ def write(results, charts):
     lines += ["## Targets", "",
               "Measured against the product's targets; a miss is reported, it does not fail the run.", ""]
     lines += targets(results) + [""]
-    for f in (ingress_section, submit_section, drain_section, wait_section, footprint_section,
+    for f in (ingress_section, submit_section, tracing_section, drain_section, wait_section, footprint_section,
               cardinality_section, filter_section):
         lines += f(results)
     text = "\n".join(lines).rstrip() + "\n"

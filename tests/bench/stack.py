@@ -87,12 +87,12 @@ class QueueSpace:
 
 
 class Bridge:
-    def __init__(self, S, space, app_port, port=None, name=None):
+    def __init__(self, S, space, app_port, port=None, name=None, env=None):
         self.S, self.space = S, space
         self.port = port or free_port()
         self.config = space.write_config(app_port, self.port, name="bridge")
         self.proc = spawn(name or f"bridge-{space.backend}", [S.bin["openhqm-bridge"], "--config", self.config],
-                          port=self.port)
+                          env=env, port=self.port)
         self.url = f"http://127.0.0.1:{self.port}"
         # /health answers 200 once the queue and the result store answer.
         self.ready_after = wait_http(self.url + "/health", self.proc, timeout=30)
@@ -155,10 +155,11 @@ class App:
         wait_http(self.url + "/healthz", self.proc, timeout=30)
 
 
-def fresh_bridge(S, backend, app_port, port=None, name=None):
-    """A bridge on a new, empty queue space; returns (space, bridge)."""
+def fresh_bridge(S, backend, app_port, port=None, name=None, env=None):
+    """A bridge on a new, empty queue space; returns (space, bridge). `env`:
+    extra environment variables (the tracing section's OTEL_*)."""
     space = QueueSpace(S, backend)
-    return space, Bridge(S, space, app_port, port=port, name=name)
+    return space, Bridge(S, space, app_port, port=port, name=name, env=env)
 
 
 def drop_bridge(bridge):
