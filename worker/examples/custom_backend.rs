@@ -97,9 +97,10 @@ impl Queue for MemoryQueue {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             // `browse`/`remove` (dead-letter tooling) are left to their
-            // defaults, which answer Unsupported: say so.
+            // defaults, which answer Unsupported: say so. Everything else
+            // this backend does itself.
             browse: Support::Unsupported("the example backend does not implement browse"),
-            ..Capabilities::default()
+            ..Capabilities::all_native()
         }
     }
 

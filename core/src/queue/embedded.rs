@@ -8,7 +8,9 @@
 //! ends. Ack, nack and extension only act while the token still matches, so a
 //! consumer whose lease ended cannot ack a message another consumer now holds.
 
-use super::{Delivery, Depth, Message, Queue, QueueBackend, QueueError, Receipt, Stored};
+use super::{
+    Capabilities, Delivery, Depth, Message, Queue, QueueBackend, QueueError, Receipt, Stored,
+};
 use crate::sqlite::SharedDb;
 use crate::time::now_ms;
 use async_trait::async_trait;
@@ -196,6 +198,10 @@ impl EmbeddedQueue {
 impl Queue for EmbeddedQueue {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::all_native()
     }
 
     async fn publish(&self, message: Message) -> Result<(), QueueError> {

@@ -135,8 +135,25 @@ pub struct Capabilities {
     pub browse: Support,
 }
 
+/// What a queue that does not declare its capabilities gets: nothing
+/// claimed. A backend says what it has by overriding
+/// [`Queue::capabilities`]; the conformance suite then runs those cases.
 impl Default for Capabilities {
     fn default() -> Self {
+        const UNDECLARED: Support = Support::Unsupported("not declared by the backend");
+        Capabilities {
+            delayed_nack: UNDECLARED,
+            lease_extension: UNDECLARED,
+            depth: UNDECLARED,
+            redelivery_to_other_consumer: UNDECLARED,
+            browse: UNDECLARED,
+        }
+    }
+}
+
+impl Capabilities {
+    /// Everything done by the broker itself.
+    pub const fn all_native() -> Self {
         Capabilities {
             delayed_nack: Support::Native,
             lease_extension: Support::Native,

@@ -29,7 +29,6 @@
 
 use super::{
     Capabilities, Delivery, Depth, Message, Queue, QueueBackend, QueueError, Receipt, Stored,
-    Support,
 };
 use crate::config::QueueConfig;
 use async_trait::async_trait;
@@ -842,13 +841,7 @@ impl Queue for RedisQueue {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            delayed_nack: Support::Native,
-            lease_extension: Support::Native,
-            depth: Support::Native,
-            redelivery_to_other_consumer: Support::Native,
-            browse: Support::Native,
-        }
+        Capabilities::all_native()
     }
 
     async fn publish(&self, message: Message) -> Result<(), QueueError> {
