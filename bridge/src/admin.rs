@@ -287,12 +287,12 @@ async fn purge(
 mod tests {
     use super::*;
     use axum::body::Body;
+    use openhqm_core::backends::embedded::EmbeddedBackend;
+    use openhqm_core::backends::embedded::EmbeddedStore;
     use openhqm_core::config::Config;
     use openhqm_core::envelope::{Envelope, Metadata, Source, ENVELOPE_VERSION};
     use openhqm_core::model::{RequestRecord, Status};
-    use openhqm_core::queue::embedded::EmbeddedBackend;
     use openhqm_core::queue::{dead_letter, Message, QueueBackend};
-    use openhqm_core::store::embedded::EmbeddedStore;
     use openhqm_core::store::ResultStore;
     use std::collections::BTreeMap;
     use std::time::Duration;
@@ -643,7 +643,7 @@ mod tests {
         #[cfg(feature = "redis")]
         {
             let redis: Arc<dyn QueueBackend> = Arc::new(
-                openhqm_core::queue::redis::RedisBackend::new(
+                openhqm_core::backends::redis::RedisBackend::new(
                     "redis://127.0.0.1:1",
                     "g",
                     None,

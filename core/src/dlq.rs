@@ -283,11 +283,11 @@ pub async fn purge(dlq: &dyn Queue) -> Result<u64, QueueError> {
 #[cfg(all(test, feature = "embedded"))]
 mod tests {
     use super::*;
+    use crate::backends::embedded::EmbeddedBackend;
+    use crate::backends::embedded::EmbeddedStore;
     use crate::envelope::{Metadata, Source, ENVELOPE_VERSION};
     use crate::model::Status;
-    use crate::queue::embedded::EmbeddedBackend;
     use crate::queue::{dead_letter, QueueBackend};
-    use crate::store::embedded::EmbeddedStore;
     use std::sync::Arc;
 
     const TTL: Duration = Duration::from_secs(60);

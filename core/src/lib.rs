@@ -1,6 +1,7 @@
 //! OpenHQM's shared library: configuration, the message envelope, the queue
 //! and result-store contracts with their backends, and the retry policy.
 
+pub mod backends;
 pub mod build_info;
 pub mod config;
 #[cfg(feature = "conformance")]
@@ -23,98 +24,8 @@ pub mod store;
 pub mod telemetry;
 pub mod time;
 
-#[cfg(feature = "embedded")]
-mod sqlite;
-
-use config::{CacheType, Config, ConfigError, QueueType};
-use queue::QueueBackend;
-use std::sync::Arc;
-use store::ResultStore;
-
-/// Build the queue backend named by `queue.type`.
-///
-/// `queue.type: custom` picks a backend registered with
-/// [`registry::register_queue_backend`] (docs/backends.md shows how).
-pub fn open_queue_backend(config: &Config) -> Result<Arc<dyn QueueBackend>, ConfigError> {
-    match config.queue.kind {
-        #[cfg(feature = "embedded")]
-        QueueType::Embedded => queue::embedded::EmbeddedBackend::open(
-            &config.queue.data_dir,
-            config.queue.max_message_bytes,
-        )
-        .map(|b| Arc::new(b) as Arc<dyn QueueBackend>)
-        .map_err(|e| ConfigError::new("queue.data_dir", e.to_string())),
-        #[cfg(feature = "redis")]
-        QueueType::Redis => queue::redis::RedisBackend::from_config(&config.queue)
-            .map(|b| Arc::new(b) as Arc<dyn QueueBackend>)
-            .map_err(|e| backend_config_error("queue.redis_url", e.to_string())),
-        #[cfg(feature = "mqtt")]
-        QueueType::Mqtt => queue::mqtt::MqttBackend::from_config(&config.queue)
-            .map(|b| Arc::new(b) as Arc<dyn QueueBackend>)
-            .map_err(|e| backend_config_error("queue.mqtt_broker_host", e.to_string())),
-        QueueType::Custom => registry::open_custom_queue(config),
-        other => Err(ConfigError::new(
-            "queue.type",
-            format!(
-                "`{}` is not available in this build (built in: {})",
-                other.as_str(),
-                built_in_queue_types().join(", ")
-            ),
-        )),
-    }
-}
-
-/// A backend's settings error, under the key its message names (backends
-/// write keys as `` `queue.mqtt_qos` ``), else under `default_key`.
-#[cfg(any(feature = "redis", feature = "mqtt"))]
-fn backend_config_error(default_key: &str, message: String) -> ConfigError {
-    let named = message
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .find(|k| k.starts_with("queue.") || k.starts_with("cache."))
-        .map(str::to_string);
-    match named {
-        Some(key) => ConfigError::new(key, message),
-        None => ConfigError::new(default_key, message),
-    }
-}
-
-/// Build the result store named by `cache.type`.
-pub fn open_result_store(config: &Config) -> Result<Arc<dyn ResultStore>, ConfigError> {
-    match config.cache.kind {
-        #[cfg(feature = "embedded")]
-        CacheType::Embedded | CacheType::Memory => {
-            store::embedded::EmbeddedStore::open(&config.queue.data_dir)
-                .map(|s| Arc::new(s) as Arc<dyn ResultStore>)
-                .map_err(|e| ConfigError::new("queue.data_dir", e.to_string()))
-        }
-        #[cfg(feature = "redis")]
-        CacheType::Redis => store::redis::RedisStore::from_config(&config.cache)
-            .map(|s| Arc::new(s) as Arc<dyn ResultStore>)
-            .map_err(|e| backend_config_error("cache.redis_url", e.to_string())),
-        CacheType::Custom => registry::open_custom_store(config),
-        #[allow(unreachable_patterns)]
-        _ => Err(ConfigError::new(
-            "cache.type",
-            "this result store is not available in this build",
-        )),
-    }
-}
-
-pub fn built_in_queue_types() -> Vec<&'static str> {
-    let mut v = Vec::new();
-    if cfg!(feature = "embedded") {
-        v.push("embedded");
-    }
-    if cfg!(feature = "redis") {
-        v.push("redis");
-    }
-    if cfg!(feature = "mqtt") {
-        v.push("mqtt");
-    }
-    v
-}
+pub use backends::{built_in_queue_types, open_queue_backend, open_result_store};
+use config::Config;
 
 /// A program's command line, as [`parse_args`] reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]

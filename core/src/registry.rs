@@ -120,7 +120,7 @@ mod tests {
 
         let dir = std::env::temp_dir().join(format!("openhqm-registry-{}", std::process::id()));
         register_queue_backend("unit-test-backend", move |c| {
-            crate::queue::embedded::EmbeddedBackend::open(&dir, c.queue.max_message_bytes)
+            crate::backends::embedded::EmbeddedBackend::open(&dir, c.queue.max_message_bytes)
                 .map(|b| Arc::new(b) as Arc<dyn QueueBackend>)
                 .map_err(|e| ConfigError::new("queue.custom_config", e.to_string()))
         });

@@ -1,10 +1,10 @@
 //! The conformance suite on the embedded backend. Every instance the factory
 //! builds opens the same data directory, as separate processes would.
 
+use openhqm_core::backends::embedded::EmbeddedBackend;
+use openhqm_core::backends::embedded::EmbeddedStore;
 use openhqm_core::conformance::{Options, QueueFactory, StoreFactory};
-use openhqm_core::queue::embedded::EmbeddedBackend;
 use openhqm_core::queue::QueueBackend;
-use openhqm_core::store::embedded::EmbeddedStore;
 use openhqm_core::store::ResultStore;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};

@@ -6,8 +6,8 @@
 //! other users of the broker) do not collide; within a run the same identity
 //! maps to the same client id, i.e. the same persistent session.
 
+use openhqm_core::backends::mqtt::{MqttBackend, MqttSettings};
 use openhqm_core::conformance::{server_available, Options, QueueFactory};
-use openhqm_core::queue::mqtt::{MqttBackend, MqttSettings};
 use openhqm_core::queue::{Delivery, Message, Queue, QueueBackend, QueueError};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};

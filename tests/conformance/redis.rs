@@ -7,11 +7,11 @@
 //! connections; the consumer group and key prefix are unique per run, so
 //! parallel and earlier runs on the same server do not interfere.
 
+use openhqm_core::backends::redis::RedisBackend;
+use openhqm_core::backends::redis::RedisStore;
 use openhqm_core::conformance::{server_available, Options, QueueFactory, StoreFactory};
 use openhqm_core::model::{RequestRecord, Status};
-use openhqm_core::queue::redis::RedisBackend;
 use openhqm_core::queue::{Message, QueueBackend, QueueError};
-use openhqm_core::store::redis::RedisStore;
 use openhqm_core::store::{ResultStore, StoreError};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};

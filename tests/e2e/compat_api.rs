@@ -6,9 +6,9 @@
 //! original mocked the queue or the cache, the real queue is read or a real
 //! worker produces the state instead.
 
+use openhqm_core::backends::embedded::EmbeddedBackend;
 use openhqm_core::conformance::server_available;
 use openhqm_core::envelope::Envelope;
-use openhqm_core::queue::embedded::EmbeddedBackend;
 use openhqm_core::queue::QueueBackend;
 use openhqm_e2e::{client, free_port, header, Stack};
 use serde_json::{json, Value};

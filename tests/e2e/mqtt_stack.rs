@@ -2,8 +2,8 @@
 //! 127.0.0.1:1883): requests complete, and a dead-lettered message is kept by
 //! the DLQ's keeper session even though nothing consumes the DLQ.
 
+use openhqm_core::backends::mqtt::{MqttBackend, MqttSettings};
 use openhqm_core::conformance::server_available;
-use openhqm_core::queue::mqtt::{MqttBackend, MqttSettings};
 use openhqm_core::queue::{dlq_attr, QueueBackend};
 use openhqm_e2e::{await_result, client, Stack};
 use serde_json::json;

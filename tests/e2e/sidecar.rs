@@ -300,7 +300,8 @@ async fn inbound_correlation_ids_and_header_policy() {
     assert_eq!(location, format!("/api/v1/response/{inbound}"));
 
     let backend =
-        openhqm_core::queue::embedded::EmbeddedBackend::open(&stack.data_dir(), 1 << 20).unwrap();
+        openhqm_core::backends::embedded::EmbeddedBackend::open(&stack.data_dir(), 1 << 20)
+            .unwrap();
     let queue = backend.open("openhqm-requests").await.unwrap();
     let mut got = queue
         .receive(1, Duration::from_secs(5), Duration::from_secs(30))

@@ -2,7 +2,7 @@
 //! real Envoy reaches the sample app through the embedded queue, and its
 //! answer comes back. Each test runs its own processes on its own ports.
 
-use openhqm_core::queue::embedded::EmbeddedBackend;
+use openhqm_core::backends::embedded::EmbeddedBackend;
 use openhqm_core::queue::{dlq_attr, QueueBackend};
 use openhqm_e2e::{await_result, bin, client, header, Stack};
 use serde_json::{json, Value};

@@ -1,15 +1,9 @@
-//! The queue contract every backend implements, and the backend registry.
+//! The queue contract every backend implements (the backends are in
+//! `crate::backends`).
 //!
 //! The contract is SQS-shaped (receive with a lease, ack, nack with a delay,
 //! extend the lease) because that shape maps onto every broker we target; see
 //! docs/backends.md for how each one implements it.
-
-#[cfg(feature = "embedded")]
-pub mod embedded;
-#[cfg(feature = "mqtt")]
-pub mod mqtt;
-#[cfg(feature = "redis")]
-pub mod redis;
 
 use async_trait::async_trait;
 use std::collections::BTreeMap;

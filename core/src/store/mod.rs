@@ -1,11 +1,6 @@
 //! The result store contract: status and result per correlation ID, with a
 //! TTL, shared by every bridge and worker.
 
-#[cfg(feature = "embedded")]
-pub mod embedded;
-#[cfg(feature = "redis")]
-pub mod redis;
-
 use crate::model::RequestRecord;
 use async_trait::async_trait;
 use std::fmt;

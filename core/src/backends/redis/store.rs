@@ -15,11 +15,11 @@
 //! (a notification may have been missed meanwhile); while there is no
 //! subscription (Redis away, or a server without RESP3) waiters poll.
 
-use super::{IdempotencyClaim, PutOutcome, ResultStore, StoreError, WAIT_POLL_INTERVAL};
+use super::queue::{bounded, call};
 use crate::config::CacheConfig;
 use crate::model::RequestRecord;
 use crate::original::result_keys;
-use crate::queue::redis::{bounded, call};
+use crate::store::{IdempotencyClaim, PutOutcome, ResultStore, StoreError, WAIT_POLL_INTERVAL};
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, Client, ProtocolVersion, PushKind, RedisError, Script};

@@ -2,9 +2,9 @@
 //! by the processes on one machine. Expired rows are invisible at once and
 //! deleted by `purge_expired`, which bridge and worker call periodically.
 
-use super::{IdempotencyClaim, PutOutcome, ResultStore, StoreError};
+use super::sqlite::SharedDb;
 use crate::model::RequestRecord;
-use crate::sqlite::SharedDb;
+use crate::store::{IdempotencyClaim, PutOutcome, ResultStore, StoreError};
 use crate::time::now_ms;
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};

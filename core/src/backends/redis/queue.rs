@@ -27,10 +27,10 @@
 //! Blocking reads use a dedicated connection per queue: a blocked XREADGROUP
 //! on the shared multiplexed connection would hold up every other command.
 
-use super::{
+use crate::config::QueueConfig;
+use crate::queue::{
     Capabilities, Delivery, Depth, Message, Queue, QueueBackend, QueueError, Receipt, Stored,
 };
-use crate::config::QueueConfig;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError, Script, Value};

@@ -8,10 +8,10 @@
 //! ends. Ack, nack and extension only act while the token still matches, so a
 //! consumer whose lease ended cannot ack a message another consumer now holds.
 
-use super::{
+use super::sqlite::SharedDb;
+use crate::queue::{
     Capabilities, Delivery, Depth, Message, Queue, QueueBackend, QueueError, Receipt, Stored,
 };
-use crate::sqlite::SharedDb;
 use crate::time::now_ms;
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, TransactionBehavior};

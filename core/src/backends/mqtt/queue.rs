@@ -22,10 +22,10 @@
 //! All queues opened from one backend share one connection (one client id,
 //! one session); closing any of them closes that connection.
 
-use super::{
+use crate::config::QueueConfig;
+use crate::queue::{
     Capabilities, Delivery, Depth, Message, Queue, QueueBackend, QueueError, Receipt, Support,
 };
-use crate::config::QueueConfig;
 use async_trait::async_trait;
 use rumqttc::{
     AsyncClient, ClientError, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet,
