@@ -64,76 +64,21 @@ const F_ATTEMPTS: &str = "attempts";
 /// A missing group or entry is simply "not owned".
 macro_rules! owned_prelude {
     () => {
-        r#"
-local function owned(stream, group, consumer, id, deliveries)
-  local p = redis.pcall('XPENDING', stream, group, id, id, 1)
-  if type(p) ~= 'table' or p.err or #p == 0 then return false end
-  return p[1][2] == consumer and tonumber(p[1][4]) == tonumber(deliveries)
-end
-"#
+        include_str!("lua/owned.lua")
     };
 }
 
 /// KEYS: stream. ARGV: group, consumer, entry id, deliveries.
-const ACK_LUA: &str = concat!(
-    owned_prelude!(),
-    r#"
-if not owned(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]) then return 0 end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-redis.call('XDEL', KEYS[1], ARGV[3])
-return 1
-"#
-);
+const ACK_LUA: &str = concat!(owned_prelude!(), include_str!("lua/ack.lua"));
 
 /// KEYS: stream. ARGV: group, consumer, entry id, deliveries.
 /// XCLAIM to ourselves resets the idle time; JUSTID keeps the count.
-const EXTEND_LUA: &str = concat!(
-    owned_prelude!(),
-    r#"
-if not owned(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]) then return 0 end
-redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
-return 1
-"#
-);
+const EXTEND_LUA: &str = concat!(owned_prelude!(), include_str!("lua/extend.lua"));
 
 /// KEYS: stream, delayed zset. ARGV: group, consumer, entry id, deliveries,
 /// delay ms. Re-adds the entry (now, or via the zset) with the attempts made
 /// so far, then acks and deletes the original.
-const NACK_LUA: &str = concat!(
-    owned_prelude!(),
-    r#"
-if not owned(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]) then return 0 end
-local e = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
-if #e > 0 then
-  local f = e[1][2]
-  local before = 0
-  local out = {}
-  for i = 1, #f, 2 do
-    if f[i] == 'attempts' then
-      before = tonumber(f[i + 1]) or 0
-    else
-      out[#out + 1] = f[i]
-      out[#out + 1] = f[i + 1]
-    end
-  end
-  out[#out + 1] = 'attempts'
-  out[#out + 1] = string.format('%d', before + tonumber(ARGV[4]))
-  local delay = tonumber(ARGV[5])
-  if delay <= 0 then
-    redis.call('XADD', KEYS[1], '*', unpack(out))
-  else
-    local t = redis.call('TIME')
-    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-    -- The original entry id makes the member unique.
-    table.insert(out, 1, ARGV[3])
-    redis.call('ZADD', KEYS[2], string.format('%.0f', now + delay), cmsgpack.pack(out))
-  end
-end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-redis.call('XDEL', KEYS[1], ARGV[3])
-return 1
-"#
-);
+const NACK_LUA: &str = concat!(owned_prelude!(), include_str!("lua/nack.lua"));
 
 /// KEYS: stream, delayed zset. ARGV: group, consumer, min idle ms, count,
 /// history ("1" to re-read this consumer's own pending entries first),
@@ -143,84 +88,19 @@ return 1
 /// own pending entries (once per process, for a restarted consumer with a
 /// stable name) and entries idle longer than the lease. Returns
 /// `{ms until the next delayed message or -1, {{id, deliveries, fields}...}}`.
-const PREPARE_LUA: &str = r#"
-local stream, delayed = KEYS[1], KEYS[2]
-local group, consumer = ARGV[1], ARGV[2]
-local want = tonumber(ARGV[4])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', string.format('%.0f', now),
-  'LIMIT', 0, tonumber(ARGV[6]))
-for _, m in ipairs(due) do
-  local f = cmsgpack.unpack(m)
-  table.remove(f, 1)
-  redis.call('XADD', stream, '*', unpack(f))
-  redis.call('ZREM', delayed, m)
-end
-local next_due = -1
-local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
-if #first == 2 then next_due = math.max(0, tonumber(first[2]) - now) end
-local got = {}
-local function take(entries)
-  for _, e in ipairs(entries) do
-    if e[2] then
-      got[#got + 1] = e
-    else
-      -- Pending but deleted (trimmed by someone else): nothing to deliver.
-      redis.call('XACK', stream, group, e[1])
-    end
-  end
-end
-if ARGV[5] == '1' then
-  local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', want,
-    'STREAMS', stream, '0')
-  if r and r[1] then take(r[1][2]) end
-end
-local cursor = '0-0'
-local rounds = 0
-while #got < want and rounds < 10 do
-  local r = redis.call('XAUTOCLAIM', stream, group, consumer, ARGV[3], cursor,
-    'COUNT', want - #got)
-  take(r[2])
-  cursor = r[1]
-  rounds = rounds + 1
-  if cursor == '0-0' then break end
-end
-local out = {}
-for i, e in ipairs(got) do
-  local p = redis.call('XPENDING', stream, group, e[1], e[1], 1)
-  local n = 1
-  if p[1] then n = p[1][4] end
-  out[i] = {e[1], n, e[2]}
-end
-return {next_due, out}
-"#;
+const PREPARE_LUA: &str = include_str!("lua/prepare.lua");
 
 /// KEYS: stream, delayed zset. ARGV: group. Works before the group exists.
-const DEPTH_LUA: &str = r#"
-local len = redis.call('XLEN', KEYS[1])
-local pending = 0
-local p = redis.pcall('XPENDING', KEYS[1], ARGV[1])
-if type(p) == 'table' and not p.err then pending = tonumber(p[1]) or 0 end
-return {len, pending, redis.call('ZCARD', KEYS[2])}
-"#;
+const DEPTH_LUA: &str = include_str!("lua/depth.lua");
 
 /// KEYS: stream. ARGV: group, consumer. Removes the consumer from the group
 /// only when it holds nothing (DELCONSUMER would drop its pending entries).
-const FORGET_CONSUMER_LUA: &str = r#"
-local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
-if type(p) ~= 'table' or p.err or #p > 0 then return 0 end
-redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
-return 1
-"#;
+const FORGET_CONSUMER_LUA: &str = include_str!("lua/forget_consumer.lua");
 
 /// KEYS: stream. ARGV: group, entry id. Deletes the entry and drops it
 /// from the group's pending list, so XLEN stays backlog + in-flight and no
 /// consumer keeps a lease on a message that is gone. Returns XDEL's count.
-const REMOVE_LUA: &str = r#"
-redis.pcall('XACK', KEYS[1], ARGV[1], ARGV[2])
-return redis.call('XDEL', KEYS[1], ARGV[2])
-"#;
+const REMOVE_LUA: &str = include_str!("lua/remove.lua");
 
 struct Scripts {
     remove: Script,

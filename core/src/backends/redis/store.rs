@@ -47,46 +47,19 @@ const MAX_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(5);
 /// record JSON, ttl ms, "1" if final, channel, id[, original meta JSON,
 /// original response JSON or ""]. Returns 1 when written, 0 when a final
 /// record was kept (the original's keys are then left as they are too).
-const PUT_LUA: &str = r#"
-local current = redis.call('GET', KEYS[1])
-if current then
-  local ok, rec = pcall(cjson.decode, current)
-  if ok and type(rec) == 'table' and (rec.status == 'COMPLETED'
-      or rec.status == 'FAILED' or rec.status == 'TIMEOUT') then
-    return 0
-  end
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if KEYS[2] then
-  redis.call('SET', KEYS[2], ARGV[6], 'PX', ARGV[2])
-  if ARGV[7] ~= '' then redis.call('SET', KEYS[3], ARGV[7], 'PX', ARGV[2]) end
-end
-if ARGV[3] == '1' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
-return 1
-"#;
+const PUT_LUA: &str = include_str!("lua/put.lua");
 
 /// `create` with `cache.original_keys`: SET NX of our record, and the
 /// original's PENDING meta beside it. KEYS: record, meta. ARGV: record JSON,
 /// ttl ms, meta JSON.
-const CREATE_WITH_ORIGINAL_LUA: &str = r#"
-if not redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then return 0 end
-redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
-return 1
-"#;
+const CREATE_WITH_ORIGINAL_LUA: &str = include_str!("lua/create_with_original.lua");
 
 /// Claim an idempotency key (`SET NX PX`), or read what first claimed it.
 /// Returns "" when the claim is new, else the stored "<fingerprint>\n<id>".
-const CLAIM_LUA: &str = r#"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return '' end
-return redis.call('GET', KEYS[1]) or ''
-"#;
+const CLAIM_LUA: &str = include_str!("lua/claim.lua");
 
 /// Delete a claim only while it still names this correlation ID.
-const RELEASE_LUA: &str = r#"
-local v = redis.call('GET', KEYS[1])
-if v and string.find(v, '\n' .. ARGV[1], 1, true) then return redis.call('DEL', KEYS[1]) end
-return 0
-"#;
+const RELEASE_LUA: &str = include_str!("lua/release.lua");
 
 pub struct RedisStore {
     client: Client,
