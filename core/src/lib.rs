@@ -98,7 +98,7 @@ pub fn load_worker_or_exit(program: &str) -> Config {
     original_args::apply_worker_args(
         &mut config,
         &positional,
-        &original_args::host_name(),
+        &backends::identity::host_name(),
         std::process::id(),
     );
     config

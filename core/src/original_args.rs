@@ -132,20 +132,6 @@ pub fn apply_worker_args(config: &mut Config, args: &WorkerArgs, host: &str, pid
     }
 }
 
-/// This host's name, as the Redis consumer default reads it.
-pub fn host_name() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.trim().is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|h| h.trim().to_string())
-                .filter(|h| !h.is_empty())
-        })
-        .unwrap_or_else(|| "openhqm".to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

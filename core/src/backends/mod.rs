@@ -8,6 +8,7 @@
 
 #[cfg(feature = "embedded")]
 pub mod embedded;
+pub mod identity;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 #[cfg(feature = "redis")]

@@ -134,35 +134,14 @@ impl MqttSettings {
 /// process get `-2`, `-3`, ... so they do not take over each other's session.
 fn default_client_id() -> String {
     static BUILT: AtomicU64 = AtomicU64::new(0);
-    let base = format!("openhqm-{}-{}", hostname(), std::process::id());
+    let base = format!(
+        "openhqm-{}-{}",
+        crate::backends::identity::host_name_token(),
+        std::process::id()
+    );
     match BUILT.fetch_add(1, Ordering::Relaxed) {
         0 => base,
         n => format!("{base}-{}", n + 1),
-    }
-}
-
-fn hostname() -> String {
-    let raw = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.trim().is_empty())
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .unwrap_or_default();
-    let clean: String = raw
-        .trim()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    if clean.is_empty() {
-        "host".into()
-    } else {
-        clean
     }
 }
 

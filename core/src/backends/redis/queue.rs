@@ -215,19 +215,13 @@ impl RedisBackend {
 }
 
 fn default_consumer_name() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.trim().is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|h| h.trim().to_string())
-                .filter(|h| !h.is_empty())
-        })
-        .unwrap_or_else(|| "openhqm".to_string());
     let random = uuid::Uuid::new_v4().simple().to_string();
     let short: String = random.chars().take(8).collect();
-    format!("{}-{}-{short}", host.trim(), std::process::id())
+    format!(
+        "{}-{}-{short}",
+        crate::backends::identity::host_name(),
+        std::process::id()
+    )
 }
 
 /// Connections fail fast (one quick retry) while Redis is away; the next
