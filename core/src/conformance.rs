@@ -51,6 +51,16 @@ impl Default for Options {
     }
 }
 
+/// A test server's `host:port`: the variable `var` when set (a broker
+/// elsewhere than on loopback), else `default`.
+pub fn server_addr(var: &str, default: &str) -> String {
+    std::env::var(var)
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
 /// Whether a server answers at `addr` (host:port). When it does not, a case
 /// is skipped, unless `OPENHQM_REQUIRE_SERVERS` is set (CI), where a missing
 /// server is a failure, never a silent skip.

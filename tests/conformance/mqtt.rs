@@ -1,4 +1,5 @@
-//! The conformance suite on MQTT, against the Mosquitto at 127.0.0.1:1883,
+//! The conformance suite on MQTT, against the Mosquitto at
+//! `OPENHQM_TEST_MQTT_ADDR` (default 127.0.0.1:1883),
 //! plus the MQTT-specific behaviour: foreign payloads, nack emulation,
 //! reconnects, and Mosquitto's handling of a dead shared-subscription member.
 //!
@@ -7,7 +8,7 @@
 //! maps to the same client id, i.e. the same persistent session.
 
 use openhqm_core::backends::mqtt::{MqttBackend, MqttSettings};
-use openhqm_core::conformance::{server_available, Options, QueueFactory};
+use openhqm_core::conformance::{server_addr, server_available, Options, QueueFactory};
 use openhqm_core::queue::{Delivery, Message, Queue, QueueBackend, QueueError};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -16,9 +17,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-const HOST: &str = "127.0.0.1";
-const PORT: u16 = 1883;
-const ADDR: &str = "127.0.0.1:1883";
+/// The shared broker, `host:port`.
+fn addr() -> String {
+    server_addr("OPENHQM_TEST_MQTT_ADDR", "127.0.0.1:1883")
+}
+
+fn host_port() -> (String, u16) {
+    let addr = addr();
+    match addr.rsplit_once(':') {
+        Some((h, p)) => (h.to_string(), p.parse().unwrap_or(1883)),
+        None => (addr, 1883),
+    }
+}
 const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
 fn run_id() -> &'static str {
@@ -31,7 +41,8 @@ fn client_id(identity: &str) -> String {
 }
 
 fn settings(identity: &str) -> MqttSettings {
-    let mut s = MqttSettings::new(HOST, PORT, client_id(identity));
+    let (host, port) = host_port();
+    let mut s = MqttSettings::new(host, port, client_id(identity));
     s.shared_group = format!("ohqm-test-{}", run_id());
     s.max_message_bytes = MAX_MESSAGE_BYTES;
     s
@@ -55,7 +66,11 @@ fn options() -> Options {
     }
 }
 
-openhqm_core::queue_conformance_tests!(server_available("mosquitto", ADDR), factory(), options());
+openhqm_core::queue_conformance_tests!(
+    server_available("mosquitto", &addr()),
+    factory(),
+    options()
+);
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -149,7 +164,7 @@ fn mqtt_string(s: &str) -> Vec<u8> {
 
 impl RawClient {
     async fn connect(client_id: &str, clean_session: bool) -> RawClient {
-        let mut s = TcpStream::connect(ADDR).await.expect("connect");
+        let mut s = TcpStream::connect(addr()).await.expect("connect");
         let mut body = mqtt_string("MQTT");
         body.extend([4, if clean_session { 0x02 } else { 0 }, 0, 30]);
         body.extend(mqtt_string(client_id));
@@ -195,7 +210,7 @@ impl Relay {
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let pipe = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(ADDR).await {
+                    if let Ok(mut outbound) = TcpStream::connect(self::addr()).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 });
@@ -218,7 +233,7 @@ impl Relay {
 }
 
 fn broker_up() -> bool {
-    server_available("mosquitto", ADDR)
+    server_available("mosquitto", &addr())
 }
 
 // ---------------------------------------------------------------------------
@@ -544,7 +559,7 @@ async fn depth_is_unsupported() {
 /// does for its DLQ) keeps it in the keeper session, read as the keeper.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retained_queue_keeps_messages_published_while_nobody_consumes() {
-    if !server_available("mosquitto", ADDR) {
+    if !server_available("mosquitto", &addr()) {
         return;
     }
     let producer = backend("retain-producer");

@@ -1,4 +1,5 @@
-//! The conformance suite on Redis (redis-server at 127.0.0.1:6379), plus
+//! The conformance suite on Redis (the redis-server at
+//! `OPENHQM_TEST_REDIS_ADDR`, default 127.0.0.1:6379), plus
 //! Redis-specific cases: connection loss and recovery (against a private
 //! redis-server this file starts and kills), a stale consumer after a
 //! reclaim, and wait_final wake-up latency across store instances.
@@ -9,7 +10,9 @@
 
 use openhqm_core::backends::redis::RedisBackend;
 use openhqm_core::backends::redis::RedisStore;
-use openhqm_core::conformance::{server_available, Options, QueueFactory, StoreFactory};
+use openhqm_core::conformance::{
+    server_addr, server_available, Options, QueueFactory, StoreFactory,
+};
 use openhqm_core::model::{RequestRecord, Status};
 use openhqm_core::queue::{Message, QueueBackend, QueueError};
 use openhqm_core::store::{ResultStore, StoreError};
@@ -17,7 +20,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-const URL: &str = "redis://127.0.0.1:6379";
+/// The shared server, `host:port`.
+fn addr() -> String {
+    server_addr("OPENHQM_TEST_REDIS_ADDR", "127.0.0.1:6379")
+}
+
+fn url() -> String {
+    format!("redis://{}", addr())
+}
 const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
 fn run_id() -> &'static str {
@@ -40,7 +50,7 @@ fn backend(url: &str, identity: &str) -> RedisBackend {
 fn queues() -> QueueFactory {
     Arc::new(|identity| {
         let identity = identity.to_string();
-        Box::pin(async move { Arc::new(backend(URL, &identity)) as Arc<dyn QueueBackend> })
+        Box::pin(async move { Arc::new(backend(&url(), &identity)) as Arc<dyn QueueBackend> })
     })
 }
 
@@ -49,7 +59,7 @@ fn store(url: &str) -> RedisStore {
 }
 
 fn stores() -> StoreFactory {
-    Arc::new(|| Box::pin(async { Arc::new(store(URL)) as Arc<dyn ResultStore> }))
+    Arc::new(|| Box::pin(async { Arc::new(store(&url())) as Arc<dyn ResultStore> }))
 }
 
 fn options() -> Options {
@@ -60,7 +70,7 @@ fn options() -> Options {
 }
 
 fn redis_up() -> bool {
-    server_available("redis", "127.0.0.1:6379")
+    server_available("redis", &addr())
 }
 
 openhqm_core::queue_conformance_tests!(redis_up(), queues(), options());
@@ -88,8 +98,10 @@ fn record(id: &str, status: Status) -> RequestRecord {
 }
 
 fn redis_cli(args: &[&str]) -> String {
+    let addr = addr();
+    let (host, port) = addr.rsplit_once(':').unwrap_or((&addr, "6379"));
     let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", "6379"])
+        .args(["-h", host, "-p", port])
         .args(args)
         .output()
         .expect("run redis-cli");
@@ -389,7 +401,7 @@ async fn delayed_retry_keeps_the_message_exact() {
     }
     let name = unique("delayed");
     let _keys = DropKeys(name.clone());
-    let b = backend(URL, "delayed-consumer");
+    let b = backend(&url(), "delayed-consumer");
     let q = b.open(&name).await.expect("open");
     let mut m = msg("m1", &(0..=255u8).rev().collect::<Vec<u8>>());
     m.attributes
@@ -431,7 +443,8 @@ async fn resp3_urls_work() {
     if !redis_up() {
         return;
     }
-    let url = "redis://127.0.0.1:6379/?protocol=resp3";
+    let url = format!("{}/?protocol=resp3", url());
+    let url = url.as_str();
     let name = unique("resp3");
     let _keys = DropKeys(name.clone());
     let b = backend(url, "resp3-consumer");
@@ -480,7 +493,8 @@ async fn replica_acks_are_enforced() {
         return;
     }
     if redis_cli(&["INFO", "replication"]).contains("connected_slaves:0") {
-        let b = backend(URL, "replica-producer").with_replica_acks(1, Duration::from_millis(100));
+        let b =
+            backend(&url(), "replica-producer").with_replica_acks(1, Duration::from_millis(100));
         let name = unique("replicas");
         let _keys = DropKeys(name.clone());
         let q = b.open(&name).await.expect("open");
@@ -505,7 +519,7 @@ async fn concurrent_receives_on_one_handle() {
     }
     let name = unique("concurrent");
     let _keys = DropKeys(name.clone());
-    let b = backend(URL, "concurrent-consumer");
+    let b = backend(&url(), "concurrent-consumer");
     let q = b.open(&name).await.expect("open");
     let receivers: Vec<_> = (0..4)
         .map(|_| {
@@ -555,9 +569,9 @@ async fn stale_consumer_cannot_touch_a_reclaimed_message() {
     }
     let name = unique("stale");
     let _keys = DropKeys(name.clone());
-    let a = backend(URL, "stale-a");
+    let a = backend(&url(), "stale-a");
     let qa = a.open(&name).await.expect("open");
-    let b = backend(URL, "stale-b");
+    let b = backend(&url(), "stale-b");
     let qb = b.open(&name).await.expect("open");
     let lease = Duration::from_millis(300);
     qa.publish(msg("m1", b"x")).await.expect("publish");
@@ -627,7 +641,7 @@ async fn depth_counts_delayed_and_works_without_a_group() {
     }
     let name = unique("depth");
     let _keys = DropKeys(name.clone());
-    let b = backend(URL, "depth-consumer");
+    let b = backend(&url(), "depth-consumer");
     let q = b.open(&name).await.expect("open");
     for i in 0..3 {
         q.publish(msg(&format!("m{i}"), b"x"))
@@ -673,7 +687,7 @@ async fn foreign_entries_are_delivered() {
     }
     let name = unique("foreign");
     let _keys = DropKeys(name.clone());
-    let b = backend(URL, "foreign-consumer");
+    let b = backend(&url(), "foreign-consumer");
     let q = b.open(&name).await.expect("open");
     let entry_id = redis_cli(&["XADD", &name, "*", "order", "42", "note", "ünïcode"]);
     let d = q
@@ -704,8 +718,8 @@ async fn wait_final_wakes_across_instances_within_milliseconds() {
     if !redis_up() {
         return;
     }
-    let waiter = Arc::new(store(URL));
-    let writer = store(URL);
+    let waiter = Arc::new(store(&url()));
+    let writer = store(&url());
     let ttl = Duration::from_secs(60);
     // Let the first wait start the subscription.
     let warm = uuid::Uuid::new_v4().to_string();

@@ -10,8 +10,8 @@
 //!     cargo run -p openhqm-worker --example custom_backend
 //! ```
 //!
-//! A real backend should pass the shared conformance suite: see
-//! `tests/conformance/embedded.rs` for how a backend invokes it.
+//! A backend should pass the shared conformance suite; this one does (the
+//! `conformance` module at the end, run by `cargo test -p openhqm-worker`).
 
 use async_trait::async_trait;
 use openhqm_core::queue::{
@@ -36,14 +36,26 @@ struct Shelf {
     next_seq: u64,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct MemoryBackend {
     shelf: Arc<Mutex<Shelf>>,
+    /// `queue.max_message_bytes`: every backend refuses larger bodies.
+    max_message_bytes: usize,
+}
+
+impl MemoryBackend {
+    fn new(max_message_bytes: usize) -> Self {
+        MemoryBackend {
+            shelf: Arc::default(),
+            max_message_bytes,
+        }
+    }
 }
 
 struct MemoryQueue {
     name: String,
     shelf: Arc<Mutex<Shelf>>,
+    max_message_bytes: usize,
 }
 
 #[async_trait]
@@ -56,6 +68,7 @@ impl QueueBackend for MemoryBackend {
         Ok(Arc::new(MemoryQueue {
             name: name.to_string(),
             shelf: self.shelf.clone(),
+            max_message_bytes: self.max_message_bytes,
         }))
     }
 }
@@ -105,6 +118,12 @@ impl Queue for MemoryQueue {
     }
 
     async fn publish(&self, message: Message) -> Result<(), QueueError> {
+        if message.body.len() > self.max_message_bytes {
+            return Err(QueueError::TooLarge {
+                size: message.body.len(),
+                max: self.max_message_bytes,
+            });
+        }
         self.with(|shelf| {
             shelf.next_seq += 1;
             let seq = shelf.next_seq;
@@ -207,8 +226,29 @@ impl Queue for MemoryQueue {
 
 fn main() {
     // The one registration line: `queue.type: custom`, `queue.custom_class: memory`.
-    openhqm_core::registry::register_queue_backend("memory", |_config| {
-        Ok(Arc::new(MemoryBackend::default()))
+    openhqm_core::registry::register_queue_backend("memory", |config| {
+        Ok(Arc::new(MemoryBackend::new(config.queue.max_message_bytes)))
     });
     openhqm_worker::main();
+}
+
+/// The shared conformance suite against this backend. Every instance the
+/// factory builds shares one shelf, as separate clients share one broker.
+#[cfg(test)]
+mod conformance {
+    use super::MemoryBackend;
+    use openhqm_core::conformance::{Options, QueueFactory};
+    use openhqm_core::queue::QueueBackend;
+    use std::sync::{Arc, OnceLock};
+
+    fn factory() -> QueueFactory {
+        static SHARED: OnceLock<MemoryBackend> = OnceLock::new();
+        Arc::new(|_identity| {
+            let max = Options::default().max_message_bytes;
+            let backend = SHARED.get_or_init(|| MemoryBackend::new(max)).clone();
+            Box::pin(async move { Arc::new(backend) as Arc<dyn QueueBackend> })
+        })
+    }
+
+    openhqm_core::queue_conformance_tests!(true, factory(), Options::default());
 }
