@@ -43,19 +43,10 @@ pub fn init_logging(m: &MonitoringConfig) {
     // HTTP, Redis and MQTT libraries only speak up for warnings, unless
     // RUST_LOG says more.
     let libraries = if level == "error" { "error" } else { "warn" };
-    let directives = [
-        "hyper",
-        "hyper_util",
-        "h2",
-        "reqwest",
-        "tower",
-        "axum",
-        "redis",
-        "rumqttc",
-        "rusqlite",
-    ]
-    .iter()
-    .fold(level.clone(), |acc, lib| format!("{acc},{lib}={libraries}"));
+    let directives = ["hyper", "hyper_util", "h2", "reqwest", "tower", "axum"]
+        .iter()
+        .chain(crate::backends::client_libraries())
+        .fold(level.clone(), |acc, lib| format!("{acc},{lib}={libraries}"));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(directives));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -19,6 +19,21 @@ use crate::queue::QueueBackend;
 use crate::store::ResultStore;
 use std::sync::Arc;
 
+/// The client libraries (log targets) of the backends built in: their log
+/// lines are kept to warnings, like the HTTP stack's, unless RUST_LOG says
+/// more.
+pub fn client_libraries() -> impl Iterator<Item = &'static &'static str> {
+    const ALL: &[&[&str]] = &[
+        #[cfg(feature = "embedded")]
+        embedded::CLIENT_LIBRARIES,
+        #[cfg(feature = "redis")]
+        redis::CLIENT_LIBRARIES,
+        #[cfg(feature = "mqtt")]
+        mqtt::CLIENT_LIBRARIES,
+    ];
+    ALL.iter().copied().flatten()
+}
+
 /// Build the queue backend named by `queue.type`.
 ///
 /// `queue.type: custom` picks a backend registered with
@@ -101,4 +116,15 @@ pub fn built_in_queue_types() -> Vec<&'static str> {
         v.push("mqtt");
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn each_built_in_backend_names_its_client_library() {
+        let libs: Vec<&str> = super::client_libraries().copied().collect();
+        assert_eq!(libs.contains(&"rusqlite"), cfg!(feature = "embedded"));
+        assert_eq!(libs.contains(&"redis"), cfg!(feature = "redis"));
+        assert_eq!(libs.contains(&"rumqttc"), cfg!(feature = "mqtt"));
+    }
 }

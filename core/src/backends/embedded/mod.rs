@@ -8,3 +8,6 @@ mod store;
 
 pub use queue::{EmbeddedBackend, EmbeddedQueue};
 pub use store::EmbeddedStore;
+
+/// Log targets of the client library (see `backends::client_libraries`).
+pub const CLIENT_LIBRARIES: &[&str] = &["rusqlite"];

@@ -5,3 +5,6 @@
 mod queue;
 
 pub use queue::{MqttBackend, MqttQueue, MqttSettings};
+
+/// Log targets of the client library (see `backends::client_libraries`).
+pub const CLIENT_LIBRARIES: &[&str] = &["rumqttc"];

@@ -8,3 +8,6 @@ mod store;
 
 pub use queue::{RedisBackend, RedisQueue};
 pub use store::RedisStore;
+
+/// Log targets of the client library (see `backends::client_libraries`).
+pub const CLIENT_LIBRARIES: &[&str] = &["redis"];
