@@ -27,6 +27,7 @@ mod partitioning;
 mod proxy;
 mod queue;
 mod server;
+mod status_set;
 mod worker;
 pub use cache::*;
 pub use callbacks::*;
@@ -37,6 +38,7 @@ pub use partitioning::{PartitionStrategy, PartitioningConfig};
 pub use proxy::*;
 pub use queue::*;
 pub use server::*;
+pub use status_set::StatusSet;
 pub use worker::*;
 
 /// The environment prefix for overrides (`OPENHQM_QUEUE__TYPE=redis`).
@@ -294,9 +296,9 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        crate::retry::StatusSet::parse(&w.retry_on_status)
+        StatusSet::parse(&w.retry_on_status)
             .map_err(|m| ConfigError::new("worker.retry_on_status", m))?;
-        crate::retry::StatusSet::parse(&w.no_retry_on_status)
+        StatusSet::parse(&w.no_retry_on_status)
             .map_err(|m| ConfigError::new("worker.no_retry_on_status", m))?;
         if self.cache.ttl_seconds == 0 {
             return Err(ConfigError::new("cache.ttl_seconds", "must be at least 1"));
@@ -378,7 +380,7 @@ impl Config {
             ));
         }
         if let Some(url) = &self.monitoring.otlp_endpoint {
-            crate::telemetry::parse_endpoint(url, true)
+            parse_otlp_endpoint(url, true)
                 .map_err(|e| ConfigError::new("monitoring.otlp_endpoint", e))?;
         }
         Ok(())

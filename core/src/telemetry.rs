@@ -31,7 +31,6 @@ use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
 pub use export::QUEUE_CAPACITY;
-pub use settings::parse_endpoint;
 
 pub fn init_logging(m: &MonitoringConfig) {
     let level = match m.log_level.to_ascii_lowercase().as_str() {

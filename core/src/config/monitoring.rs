@@ -41,3 +41,52 @@ impl Default for MonitoringConfig {
         }
     }
 }
+
+/// An OTLP/HTTP URL: http or https, a host, an optional port. `base`: a
+/// base URL, `/v1/traces` is appended unless it already ends with it.
+pub fn parse_otlp_endpoint(url: &str, base: bool) -> Result<String, String> {
+    let url = url.trim();
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| {
+            format!("`{url}`: give an http:// or https:// URL of an OTLP/HTTP collector")
+        })?;
+    let (authority, path) = match rest.find(['/', '?', '#']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    if authority.contains('@') {
+        return Err(format!(
+            "`{url}`: put credentials in OTEL_EXPORTER_OTLP_HEADERS, not in the URL"
+        ));
+    }
+    let host = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            if !h.starts_with('[') || h.ends_with(']') {
+                p.parse::<u16>()
+                    .map_err(|_| format!("`{url}`: `{p}` is not a port"))?;
+            }
+            h
+        }
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err(format!("`{url}`: no valid host"));
+    }
+    if path.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "`{url}`: the path has spaces or control characters"
+        ));
+    }
+    if !base {
+        return Ok(url.to_string());
+    }
+    let trimmed = url.trim_end_matches('/');
+    Ok(if trimmed.ends_with("/v1/traces") {
+        trimmed.to_string()
+    } else {
+        format!("{trimmed}/v1/traces")
+    })
+}

@@ -245,7 +245,7 @@ pub(super) fn check_endpoint_flow(ep: &EndpointConfig, key: &str) -> Result<(), 
         ("no_retry_on_status", &r.no_retry_on_status),
     ] {
         if let Some(list) = v {
-            crate::retry::StatusSet::parse(list)
+            StatusSet::parse(list)
                 .map_err(|m| ConfigError::new(format!("{key}.retry.{name}"), m))?;
         }
     }

@@ -7,7 +7,7 @@
 //! Header values (`OTEL_EXPORTER_OTLP_HEADERS` carries credentials) never
 //! appear in an error message or a log line.
 
-use crate::config::MonitoringConfig;
+use crate::config::{parse_otlp_endpoint, MonitoringConfig};
 use std::time::Duration;
 
 /// How new traces are sampled (`OTEL_TRACES_SAMPLER`).
@@ -148,14 +148,17 @@ pub fn resolve(
     // monitoring.otlp_endpoint, else the traces variable (a full URL, used
     // as given), else the general one (a base URL: /v1/traces is added).
     let endpoint = if let Some(url) = &m.otlp_endpoint {
-        Some(parse_endpoint(url, true).map_err(|e| format!("monitoring.otlp_endpoint: {e}"))?)
+        Some(parse_otlp_endpoint(url, true).map_err(|e| format!("monitoring.otlp_endpoint: {e}"))?)
     } else if let Some(url) = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
         Some(
-            parse_endpoint(&url, false)
+            parse_otlp_endpoint(&url, false)
                 .map_err(|e| format!("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: {e}"))?,
         )
     } else if let Some(url) = var("OTEL_EXPORTER_OTLP_ENDPOINT") {
-        Some(parse_endpoint(&url, true).map_err(|e| format!("OTEL_EXPORTER_OTLP_ENDPOINT: {e}"))?)
+        Some(
+            parse_otlp_endpoint(&url, true)
+                .map_err(|e| format!("OTEL_EXPORTER_OTLP_ENDPOINT: {e}"))?,
+        )
     } else {
         None
     };
@@ -201,55 +204,6 @@ fn read_pem(name: &str, path: &str) -> Result<Vec<u8>, String> {
         return Err(format!("{name}: `{path}` is not a PEM file"));
     }
     Ok(bytes)
-}
-
-/// An OTLP/HTTP URL: http or https, a host, an optional port. `base`: a
-/// base URL, `/v1/traces` is appended unless it already ends with it.
-pub fn parse_endpoint(url: &str, base: bool) -> Result<String, String> {
-    let url = url.trim();
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(|| {
-            format!("`{url}`: give an http:// or https:// URL of an OTLP/HTTP collector")
-        })?;
-    let (authority, path) = match rest.find(['/', '?', '#']) {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
-    };
-    if authority.contains('@') {
-        return Err(format!(
-            "`{url}`: put credentials in OTEL_EXPORTER_OTLP_HEADERS, not in the URL"
-        ));
-    }
-    let host = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-            if !h.starts_with('[') || h.ends_with(']') {
-                p.parse::<u16>()
-                    .map_err(|_| format!("`{url}`: `{p}` is not a port"))?;
-            }
-            h
-        }
-        _ => authority,
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c.is_control()) {
-        return Err(format!("`{url}`: no valid host"));
-    }
-    if path.contains(|c: char| c.is_whitespace() || c.is_control()) {
-        return Err(format!(
-            "`{url}`: the path has spaces or control characters"
-        ));
-    }
-    if !base {
-        return Ok(url.to_string());
-    }
-    let trimmed = url.trim_end_matches('/');
-    Ok(if trimmed.ends_with("/v1/traces") {
-        trimmed.to_string()
-    } else {
-        format!("{trimmed}/v1/traces")
-    })
 }
 
 /// `key=value,key2=value2` with percent-encoded values (the W3C baggage
@@ -411,7 +365,7 @@ mod tests {
         assert!(err(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "c")])
             .starts_with("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: "));
         assert_eq!(
-            parse_endpoint("http://[::1]:4318", true).unwrap(),
+            parse_otlp_endpoint("http://[::1]:4318", true).unwrap(),
             "http://[::1]:4318/v1/traces"
         );
     }
