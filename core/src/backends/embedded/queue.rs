@@ -261,7 +261,9 @@ impl Queue for EmbeddedQueue {
     }
 
     async fn nack(&self, receipt: &Receipt, delay: Duration) -> Result<(), QueueError> {
-        let at = now().saturating_add(millis(delay));
+        // `now()` is the current millisecond rounded down, so up to 1 ms has
+        // already passed; one more keeps "no earlier than the delay" exact.
+        let at = now().saturating_add(millis(delay)).saturating_add(1);
         self.leased_update(
             receipt,
             "UPDATE messages SET lease_token = NULL, visible_at = ?3 WHERE seq = ?1 AND lease_token = ?2",
