@@ -9,6 +9,7 @@ use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub fn repo_root() -> PathBuf {
@@ -57,8 +58,38 @@ pub fn envoy_path() -> PathBuf {
     p
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, for a process the test starts.
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range`): a port
+/// from that range (what binding port 0 gives) can be handed to an outgoing
+/// connection as its source port between this call and the child's bind,
+/// and then Envoy or a bridge fails with "address in use". Ports are also
+/// never handed out twice by one test process.
 pub fn free_port() -> u16 {
+    static HANDED_OUT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| {
+            t.split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u32>().ok())
+        })
+        .unwrap_or(32_768);
+    if ephemeral_start > LOW + 1_000 {
+        let span = ephemeral_start - LOW;
+        // Spread processes apart; within one, walk on from the last port.
+        let base = std::process::id().wrapping_mul(7_919);
+        for _ in 0..span {
+            let n = HANDED_OUT.fetch_add(1, Ordering::Relaxed);
+            let port = LOW + base.wrapping_add(n) % span;
+            if let Ok(port) = u16::try_from(port) {
+                if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                    return port;
+                }
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
