@@ -66,6 +66,8 @@ pub struct RedisStore {
     key_prefix: String,
     commands: OnceCell<ConnectionManager>,
     put_script: Script,
+    /// `create` with `original_keys` (hashed once, like `put_script`).
+    create_with_original_script: Script,
     /// Also write the original OpenHQM's `req:{id}:meta` / `resp:{id}`.
     original_keys: bool,
     notifier: Arc<Notifier>,
@@ -163,6 +165,7 @@ impl RedisStore {
             key_prefix: key_prefix.to_string(),
             commands: OnceCell::new(),
             put_script: Script::new(PUT_LUA),
+            create_with_original_script: Script::new(CREATE_WITH_ORIGINAL_LUA),
             original_keys: false,
             notifier: Arc::new(Notifier::default()),
             subscriber,
@@ -347,7 +350,7 @@ impl ResultStore for RedisStore {
         if self.original_keys {
             let meta_key = result_keys::meta_key(&record.correlation_id);
             let meta = result_keys::meta_json(record);
-            let script = Script::new(CREATE_WITH_ORIGINAL_LUA);
+            let script = &self.create_with_original_script;
             let written: i64 = call(&con, COMMAND_TIMEOUT, |mut con| {
                 let mut invocation = script.key(&key);
                 invocation.key(&meta_key).arg(&json).arg(ttl_ms).arg(&meta);
