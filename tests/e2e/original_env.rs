@@ -77,24 +77,12 @@ async fn compose_redis_urls_alone_run_bridge_and_worker_on_redis() {
     );
     let w = stack.keep(worker);
 
-    let c = client();
-    let r = c
-        .post(format!("{}/api/v1/submit", stack.bridge_url()))
-        .json(&json!({"payload": {"operation": "uppercase", "data": "compose"}}))
-        .send()
-        .await
-        .expect("submit");
-    assert_eq!(r.status().as_u16(), 202);
-    let id = r.json::<Value>().await.unwrap()["correlation_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let done = await_result(
-        &stack.bridge_url(),
-        &format!("/api/v1/response/{id}"),
-        Duration::from_secs(20),
+    let done = submit_and_wait(
+        &stack,
+        json!({"payload": {"operation": "uppercase", "data": "compose"}}),
     )
     .await;
+    let id = done["correlation_id"].as_str().unwrap().to_string();
     assert_eq!(done["status"], "COMPLETED", "{done}");
     assert_eq!(done["result"]["output"], "COMPOSE", "{done}");
 

@@ -94,6 +94,26 @@ fn assert_child(child: &Value, parent: &Value) {
     assert!(child["start"].as_u64() >= parent["start"].as_u64());
 }
 
+/// POST `body` to `base` + `path` as part of the inbound trace
+/// (`INBOUND_TRACE`/`INBOUND_SPAN`), expect 202, wait for the result: the
+/// correlation ID and the COMPLETED result.
+async fn traced_request(base: &str, path: &str, body: Value) -> (String, Value) {
+    let inbound = format!("00-{INBOUND_TRACE}-{INBOUND_SPAN}-01");
+    let r = client()
+        .post(format!("{base}{path}"))
+        .header("traceparent", &inbound)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = header(&r, "x-correlation-id").unwrap();
+    let location = header(&r, "location").unwrap();
+    let result = await_result(base, &location, RESULT_WAIT).await;
+    assert_eq!(result["status"], "COMPLETED", "{result}");
+    (id, result)
+}
+
 /// The backend got the worker's call span as its parent, and every export
 /// the receiver saw matched the OTLP schema.
 async fn assert_backend_parent_and_valid_exports(result: &Value, call: &Value, receiver: &str) {
@@ -115,19 +135,12 @@ async fn one_trace_runs_from_the_submit_api_through_the_queue_to_the_backend_cal
     stack.start_worker();
     stack.wait_worker_ready(0).await;
 
-    let inbound = format!("00-{INBOUND_TRACE}-{INBOUND_SPAN}-01");
-    let r = client()
-        .post(format!("{}/api/v1/submit", stack.bridge_url()))
-        .header("traceparent", &inbound)
-        .json(&json!({"payload": {"item": "pen"}, "metadata": {"endpoint": "orders"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202);
-    let id = header(&r, "x-correlation-id").unwrap();
-    let location = header(&r, "location").unwrap();
-    let result = await_result(&stack.bridge_url(), &location, RESULT_WAIT).await;
-    assert_eq!(result["status"], "COMPLETED", "{result}");
+    let (id, result) = traced_request(
+        &stack.bridge_url(),
+        "/api/v1/submit",
+        json!({"payload": {"item": "pen"}, "metadata": {"endpoint": "orders"}}),
+    )
+    .await;
 
     let queue = "openhqm-requests";
     let spans = spans_of(
@@ -209,19 +222,7 @@ async fn one_trace_runs_from_the_filter_in_envoy_through_bridge_queue_and_worker
     stack.start_all(0).await;
     stack.wait_worker_ready(0).await;
 
-    let inbound = format!("00-{INBOUND_TRACE}-{INBOUND_SPAN}-01");
-    let r = client()
-        .post(format!("{}/orders", stack.envoy_url()))
-        .header("traceparent", &inbound)
-        .json(&json!({"item": "book"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202);
-    let id = header(&r, "x-correlation-id").unwrap();
-    let location = header(&r, "location").unwrap();
-    let result = await_result(&stack.envoy_url(), &location, RESULT_WAIT).await;
-    assert_eq!(result["status"], "COMPLETED", "{result}");
+    let (id, result) = traced_request(&stack.envoy_url(), "/orders", json!({"item": "book"})).await;
 
     let spans = spans_of(
         &receiver,
@@ -823,18 +824,12 @@ async fn spans_reach_a_collector_over_tls_with_an_auth_header_and_are_counted() 
     let bridge = stack.start_bridge().await;
     let worker = stack.start_worker();
     stack.wait_worker_ready(0).await;
-    let inbound = format!("00-{INBOUND_TRACE}-{INBOUND_SPAN}-01");
-    let r = client()
-        .post(format!("{}/api/v1/submit", stack.bridge_url()))
-        .header("traceparent", &inbound)
-        .json(&json!({"payload": {"item": "tls"}, "metadata": {"endpoint": "orders"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202);
-    let location = header(&r, "location").unwrap();
-    let result = await_result(&stack.bridge_url(), &location, RESULT_WAIT).await;
-    assert_eq!(result["status"], "COMPLETED", "{result}");
+    traced_request(
+        &stack.bridge_url(),
+        "/api/v1/submit",
+        json!({"payload": {"item": "tls"}, "metadata": {"endpoint": "orders"}}),
+    )
+    .await;
     let spans = spans_of(
         &control,
         INBOUND_TRACE,
